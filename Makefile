@@ -1,0 +1,35 @@
+# Every target installs what it needs into .venv first: a fresh clone needs only
+# python3 and make.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-runtime.txt | cksum | cut -d' ' -f1)
+
+.PHONY: install run gunicorn demo test lint clean
+
+$(STAMP): requirements.txt requirements-runtime.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+run: install            ## the proxy on gevent's pywsgi (routes: CONFIGURATION_FILENAME)
+	$(BIN)/python -m wsgiproxy
+
+gunicorn: install       ## the proxy under gunicorn with the production config
+	$(BIN)/gunicorn -c config/gunicorn.conf.py wsgiproxy:app
+
+demo: install           ## three sample backends + the proxy; Ctrl-C stops them all
+	$(BIN)/python scripts/demo.py
+
+test: install           ## every test (real sockets on loopback)
+	$(BIN)/python -m pytest
+
+lint: install           ## ruff and mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache reports

@@ -1,0 +1,60 @@
+"""Fixtures: real backends and a real proxy on loopback, cleaned up in ``finally``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+from support.backends import HTTPBackend, RawBackend
+from support.proxy import ProxyProcess
+
+from wsgiproxy.settings import SETTINGS
+
+_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy",
+               "https_proxy", "all_proxy", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _clean_environ():
+    """The proxy's settings and the client's proxy variables come from the test alone."""
+    saved = {}
+    for name in [s.name for s in SETTINGS] + list(_PROXY_VARS) + ["WEB_CONCURRENCY", "PORT"]:
+        if name in os.environ:
+            saved[name] = os.environ.pop(name)
+    yield
+    os.environ.update(saved)
+
+
+@pytest.fixture
+def backend():
+    """Factory: ``backend(respond=None, name="")`` starts an :class:`HTTPBackend`."""
+    with contextlib.ExitStack() as stack:
+        def start(respond=None, name: str = "") -> HTTPBackend:
+            b = HTTPBackend(respond, name) if respond else HTTPBackend(name=name)
+            return stack.enter_context(b)
+        yield start
+
+
+@pytest.fixture
+def raw_backend():
+    """Factory: ``raw_backend(handle)`` starts a :class:`RawBackend`."""
+    with contextlib.ExitStack() as stack:
+        yield lambda handle: stack.enter_context(RawBackend(handle))
+
+
+@pytest.fixture
+def proxy(tmp_path):
+    """Factory: ``proxy(services, server="pywsgi", env=None, ...)`` starts a proxy."""
+    started: list[ProxyProcess] = []
+
+    def start(services, *, wait: bool = True, **kw) -> ProxyProcess:
+        p = ProxyProcess(tmp_path / "proxy", services, **kw)
+        started.append(p)
+        return p.start(wait=wait)
+
+    try:
+        yield start
+    finally:
+        for p in started:
+            p.stop()

@@ -1,0 +1,160 @@
+"""A real wsgiproxy in a subprocess: ``python -m wsgiproxy`` or gunicorn.
+
+Usage::
+
+    with ProxyProcess(tmp_path, {"svc.test": [backend.port]}) as proxy:
+        requests.get(proxy.url("/proxy/x"), headers={"Host": "svc.test"})
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .net import reserve_port, wait_until
+
+__all__ = ["REPO", "ProxyProcess", "routes_yaml"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def routes_yaml(listen_port: int, services: dict[str, list[int | tuple[str, int]]]) -> str:
+    """A routes file: {domain: [port or (address, port), ...]}; names are the domains."""
+    out = []
+    for domain, hosts in services.items():
+        out.append({
+            "name": domain.replace(".", "-"),
+            "domain": domain,
+            "hosts": [{"address": h[0], "port": h[1]} if isinstance(h, tuple)
+                      else {"address": "127.0.0.1", "port": h} for h in hosts],
+        })
+    return yaml.safe_dump({"proxy": {"listen": {"address": "127.0.0.1", "port": listen_port},
+                                     "services": out}}, sort_keys=False)
+
+
+class ProxyProcess:
+    """Start wsgiproxy on a reserved port and wait until it answers.
+
+    :param server: "pywsgi" (``python -m wsgiproxy``) or "gunicorn" (production config).
+    :param env: settings (SPEC §2) for the process; METRICS_ADDR defaults to a free port.
+    :param workers: gunicorn workers.
+    """
+
+    def __init__(self, workdir: Path, services: dict[str, list], *, server: str = "pywsgi",
+                 env: dict[str, str] | None = None, workers: int = 1,
+                 extra_args: list[str] | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.server = server
+        self.port = reserve_port()
+        self.metrics_port = reserve_port()
+        self.routes = self.workdir / f"routes-{self.port}.yaml"
+        self.routes.write_text(routes_yaml(self.port, services))
+        self.log_path = self.workdir / f"proxy-{self.port}.log"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")},
+            "PYTHONUNBUFFERED": "1",
+            "CONFIGURATION_FILENAME": str(self.routes),
+            "METRICS_ADDR": f"127.0.0.1:{self.metrics_port}",
+            **(env or {}),
+        }
+        if server == "pywsgi":
+            self.argv = [sys.executable, "-m", "wsgiproxy"]
+        elif server == "gunicorn":
+            self.env["WEB_CONCURRENCY"] = str(workers)
+            self.argv = [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
+                         "--no-control-socket", "-b", f"127.0.0.1:{self.port}",
+                         *(extra_args or []), "wsgiproxy:app"]
+        else:
+            raise ValueError(server)
+        self.proc: subprocess.Popen | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self, wait: bool = True) -> ProxyProcess:
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(self.argv, cwd=REPO, env=self.env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"proxy exited with {self.proc.returncode}:\n{self.log}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"GET /__ready HTTP/1.1\r\nHost: ready\r\n\r\n")
+                    return s.recv(12).startswith(b"HTTP/1.1")
+            except OSError:
+                return False
+
+        wait_until(up, timeout, 0.02, f"proxy on port {self.port}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> ProxyProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- helpers -------------------------------------------------------------------
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def metrics_url(self, path: str = "/metrics") -> str:
+        return f"http://127.0.0.1:{self.metrics_port}{path}"
+
+    @property
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def worker_pids(self) -> list[int]:
+        """gunicorn's worker processes (children of the master); [pid] for pywsgi."""
+        if self.server == "pywsgi":
+            return [self.pid]
+        import psutil
+
+        return [c.pid for c in psutil.Process(self.pid).children()]
+
+    def wait_log(self, text: str, timeout: float = 10.0) -> str:
+        return wait_until(lambda: text in self.log and self.log, timeout,
+                          message=f"{text!r} in the proxy log")
+
+
+def wait_closed(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"process {pid} still running")

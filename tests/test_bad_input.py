@@ -1,0 +1,129 @@
+"""SPEC §9: every malformed request gets its status and a JSON error, reaches no host,
+and the proxy keeps serving. Raw sockets, because a client library would refuse to send
+most of these."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from support.backends import HTTPBackend
+from support.net import raw_exchange
+from support.proxy import ProxyProcess
+
+DOMAIN = "svc.test"
+LIMIT = 100_000
+OK = f"GET /proxy/ok HTTP/1.1\r\nHost: {DOMAIN}\r\n\r\n".encode()
+
+
+@pytest.fixture(scope="module", params=["pywsgi", "gunicorn"])
+def proxy(request, tmp_path_factory):
+    backend = HTTPBackend().start()
+    p = ProxyProcess(tmp_path_factory.mktemp(request.param), {DOMAIN: [backend.port]},
+                     server=request.param,
+                     env={"MAX_REQUEST_BODY_BYTES": str(LIMIT)}).start()
+    p.backend = backend
+    yield p
+    p.stop()
+    backend.stop()
+
+
+def req(head: str, body: bytes = b"") -> bytes:
+    return head.replace("\n", "\r\n").encode("latin-1") + body
+
+
+H = f"Host: {DOMAIN}\n"
+BAD = [
+    pytest.param(b"GARBAGE\r\n\r\n", (400,), id="request line"),
+    pytest.param(req(f"GET /proxy/x HTTP/9.9\n{H}\n"), (400, 505), id="HTTP version"),
+    pytest.param(req(f"GET /proxy/x  HTTP/1.1\n{H}\n"), (400,), id="double space"),
+    pytest.param(b"GET /proxy/\xc3\xa9 HTTP/1.1\r\nHost: svc.test\r\n\r\n", (400,),
+                 id="non-ASCII target"),
+    pytest.param(req(f"GET /proxy/x HTTP/1.1\n{H}NoColon\n\n"), (400,), id="header no colon"),
+    pytest.param(req(f"GET /proxy/x HTTP/1.1\n{H}X-A : 1\n\n"), (400,),
+                 id="space before colon"),
+    pytest.param(b"GET /proxy/x HTTP/1.1\nHost: svc.test\n\n", (400,), id="bare LF"),
+    pytest.param(req(f"GET /proxy/x HTTP/1.1\n{H}X-A: 1\n folded\n\n"), (400,), id="obs-fold"),
+    pytest.param(req(f"GET /proxy/x HTTP/1.1\n{H}X-A: a\x00b\n\n"), (400,), id="NUL in value"),
+    pytest.param(req(f"GET /proxy/x HTTP/1.1\n{H}X-A: a\rX-Injected: b\n\n"), (400,),
+                 id="CR injection"),
+    pytest.param(req(f"POST /proxy/x HTTP/1.1\n{H}Content-Length: 3\nContent-Length: 3\n\n",
+                     b"abc"), (400,), id="duplicated Content-Length"),
+    pytest.param(req(f"POST /proxy/x HTTP/1.1\n{H}Content-Length: 3\nContent-Length: 4\n\n",
+                     b"abcd"), (400,), id="conflicting Content-Length"),
+    pytest.param(req(f"POST /proxy/x HTTP/1.1\n{H}Content-Length: +3\n\n", b"abc"), (400,),
+                 id="signed Content-Length"),
+    pytest.param(req(f"POST /proxy/x HTTP/1.1\n{H}Content-Length: 3, 3\n\n", b"abc"), (400,),
+                 id="listed Content-Length"),
+    pytest.param(req(f"POST /proxy/x HTTP/1.1\n{H}Content-Length: 3\n"
+                     "Transfer-Encoding: chunked\n\n", b"3\r\nabc\r\n0\r\n\r\n"), (400,),
+                 id="Content-Length and Transfer-Encoding"),
+    pytest.param(req(f"POST /proxy/x HTTP/1.1\n{H}Transfer-Encoding: gzip\n\n"), (400, 501),
+                 id="unknown transfer coding"),
+    pytest.param(req(f"POST /proxy/x HTTP/1.0\n{H}Transfer-Encoding: chunked\n\n",
+                     b"0\r\n\r\n"), (400,), id="chunked HTTP/1.0"),
+    pytest.param(req(f"GET /proxy/x HTTP/1.1\n{H}X-Big: {'a' * 9000}\n\n"), (431, 400),
+                 id="header line over 8 KiB"),
+    pytest.param(req(f"GET /proxy/x HTTP/1.1\n{H}" +
+                     "".join(f"X-H{i}: {'b' * 1000}\n" for i in range(70)) + "\n"),
+                 (431, 400), id="header section over 64 KiB"),
+    pytest.param(req(f"GET /proxy/{'p' * 9000} HTTP/1.1\n{H}\n"), (414, 400),
+                 id="request line over 8 KiB"),
+]
+
+
+@pytest.mark.parametrize(("data", "statuses"), BAD)
+def test_bad_request_gets_json_error_and_reaches_no_host(proxy, data, statuses):
+    before = proxy.backend.count
+    [resp] = raw_exchange(proxy.port, data, methods=["GET"])
+    assert resp.status in statuses, resp.head
+    assert resp.header("Content-Type") == "application/json"
+    assert isinstance(resp.json()["error"], str)
+    assert proxy.backend.count == before
+    assert not any(s.has("X-Injected") for s in proxy.backend.seen)
+    [after] = raw_exchange(proxy.port, OK)
+    assert after.status == 200
+
+
+def test_body_over_limit_by_length_gets_413_before_it_is_sent(proxy):
+    before = proxy.backend.count
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(req(f"POST /proxy/x HTTP/1.1\n{H}Content-Length: {LIMIT + 1}\n\n"))
+        answer = sock.recv(65536)  # no body sent: the answer cannot wait for it
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b'{"error": ' in answer
+    assert b"Connection: close" in answer
+    assert proxy.backend.count == before
+
+
+def test_chunked_body_over_limit_gets_413(proxy):
+    before = proxy.backend.count
+    chunk = b"%x\r\n%s\r\n" % (50_000, b"c" * 50_000)
+    [resp] = raw_exchange(proxy.port, req(f"POST /proxy/x HTTP/1.1\n{H}"
+                                          "Transfer-Encoding: chunked\n\n",
+                                          chunk * 3 + b"0\r\n\r\n"))
+    assert resp.status == 413
+    assert "error" in resp.json()
+    assert proxy.backend.count == before
+
+
+def test_body_at_the_limit_is_forwarded(proxy):
+    [resp] = raw_exchange(proxy.port, req(f"POST /proxy/x HTTP/1.1\n{H}"
+                                          f"Content-Length: {LIMIT}\n\n", b"l" * LIMIT))
+    assert resp.status == 200
+    assert proxy.backend.seen[-1].body == b"l" * LIMIT
+
+
+def test_smuggled_second_request_is_never_forwarded(proxy):
+    before = proxy.backend.count
+    smuggle = (b"POST /proxy/a HTTP/1.1\r\nHost: svc.test\r\nContent-Length: 4\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+               b"GET /proxy/smuggled HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(smuggle)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400 ")
+    assert data.count(b"\r\n\r\n") == 1  # one response, then the connection closed
+    assert proxy.backend.count == before

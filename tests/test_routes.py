@@ -1,0 +1,124 @@
+"""SPEC §3: the routes file, validated into frozen dataclasses, or one line naming the field."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from support.proxy import REPO
+
+from wsgiproxy.errors import ConfigError
+from wsgiproxy.routes import Endpoint, load_routes
+
+GOOD = """
+proxy:
+  listen: {address: "127.0.0.1", port: 8080}
+  services:
+    - name: my-service
+      domain: My-Service.My-Company.com.
+      hosts:
+        - {address: "10.0.0.1", port: 9090}
+        - {address: "::1", port: 9091}
+"""
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "routes.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_the_example_file_loads():
+    routes = load_routes(REPO / "config" / "proxyConfig.yaml")
+    assert routes.services[0].domain == "my-service.my-company.com"
+    assert len(routes.services[0].hosts) == 3
+
+
+def test_a_good_file_becomes_frozen_dataclasses(tmp_path):
+    routes = load_routes(write(tmp_path, GOOD))
+    service = routes.services[0]
+    assert routes.listen == Endpoint("127.0.0.1", 8080)
+    assert service.domain == "my-service.my-company.com"  # lower case, no trailing dot
+    assert [h.netloc for h in service.hosts] == ["10.0.0.1:9090", "[::1]:9091"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        service.name = "other"  # type: ignore[misc]
+
+
+def _svc(extra: str = "", hosts: str = '[{address: "10.0.0.1", port: 9090}]',
+         domain: str = "a.example") -> str:
+    return f"""
+proxy:
+  listen: {{address: "127.0.0.1", port: 8080}}
+  services:
+    - name: a
+      domain: {domain}
+      hosts: {hosts}
+      {extra}
+"""
+
+
+BAD = [
+    pytest.param(_svc(hosts='[{address: "10.0.0.1", port: 70000}]'),
+                 "proxy.services[0].hosts[0].port: must be an integer from 1 to 65535",
+                 id="port out of range"),
+    pytest.param(_svc(hosts='[{address: "10.0.0.1", port: "9090"}]'),
+                 "proxy.services[0].hosts[0].port: must be an integer from 1 to 65535",
+                 id="port is a string"),
+    pytest.param(_svc(hosts='[{address: "10.0.0.1", port: 9090}, {address: "x", port: 0}]'),
+                 "proxy.services[0].hosts[1].port: must be an integer from 1 to 65535",
+                 id="second host"),
+    pytest.param(_svc(hosts="[]"), "proxy.services[0].hosts: must list at least one host",
+                 id="empty hosts"),
+    pytest.param(_svc(hosts='[{port: 9090}]'), "proxy.services[0].hosts[0].address: is required",
+                 id="missing address"),
+    pytest.param(_svc(extra="colour: blue"),
+                 "proxy.services[0].colour: unknown key (expected one of name, domain, hosts)",
+                 id="unknown key"),
+    pytest.param(_svc(domain="'bad domain'"),
+                 "proxy.services[0].domain: must be a DNS name such as my-service.my-company.com",
+                 id="bad domain"),
+    pytest.param("""
+proxy:
+  listen: {address: "127.0.0.1", port: 8080}
+  services:
+    - {name: a, domain: a.example, hosts: [{address: "h", port: 1}]}
+    - {name: b, domain: A.EXAMPLE., hosts: [{address: "h", port: 2}]}
+""", "proxy.services[1].domain: 'A.EXAMPLE.' is already used by proxy.services[0] "
+     "(domains are case-insensitive)", id="duplicate domain"),
+    pytest.param("proxy:\n  services: []\n", "proxy.listen: is required", id="no listen"),
+    pytest.param("- just\n- a list\n", "must be a mapping with a top-level 'proxy' key",
+                 id="not a mapping"),
+    pytest.param("proxy: {listen: [unclosed\n", "not valid YAML at line 2, column 1",
+                 id="not YAML"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD)
+def test_a_bad_file_names_the_file_and_the_field(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_routes(path)
+    assert str(info.value).startswith(f"{path}: ")
+    assert message in str(info.value)
+
+
+def test_a_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read the routes file "
+                                          r"\(No such file or directory\)"):
+        load_routes(tmp_path / "nope.yaml")
+
+
+def test_a_bad_file_stops_startup_with_one_line(tmp_path):
+    path = write(tmp_path, _svc(hosts='[{address: "10.0.0.1", port: 70000}]'))
+    for argv in ([sys.executable, "-m", "wsgiproxy"],
+                 [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
+                  "--no-control-socket", "wsgiproxy:app"]):
+        result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=30,
+                                env={"PATH": "/usr/bin:/bin", "CONFIGURATION_FILENAME": str(path)})
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            f"wsgiproxy: {path}: proxy.services[0].hosts[0].port: "
+            "must be an integer from 1 to 65535"]

@@ -1,0 +1,99 @@
+"""SPEC §4: Host and target → service and forwarded target; round-robin bookkeeping."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import gevent
+import pytest
+
+from wsgiproxy.balancer import RoundRobin
+from wsgiproxy.errors import BadRequest, NotFound
+from wsgiproxy.routes import Endpoint, Service
+from wsgiproxy.routing import Router
+
+A = Service("a", "a.example", (Endpoint("127.0.0.1", 1),))
+B = Service("b", "b.example", (Endpoint("127.0.0.1", 2),))
+router = Router([A, B])
+
+
+@pytest.mark.parametrize(("host", "target", "service", "forwarded"), [
+    pytest.param("a.example", "/proxy/api/v1/users?a=1", A, "/api/v1/users?a=1", id="plain"),
+    pytest.param("a.example", "/proxy/", A, "/", id="root"),
+    pytest.param("A.Example", "/proxy/x", A, "/x", id="case"),
+    pytest.param("a.example:8080", "/proxy/x", A, "/x", id="port"),
+    pytest.param("a.example.", "/proxy/x", A, "/x", id="trailing dot"),
+    pytest.param("A.EXAMPLE.:80", "/proxy/x", A, "/x", id="all three"),
+    pytest.param("b.example", "/proxy/a%2Fb%2f%41?q=%20&x", B, "/a%2Fb%2f%41?q=%20&x",
+                 id="escapes untouched"),
+    pytest.param("b.example", "/proxy/../admin", B, "/../admin", id="dot segments untouched"),
+    pytest.param("b.example", "/proxy//double", B, "//double", id="double slash untouched"),
+    pytest.param("elsewhere", "http://a.example/proxy/x?y", A, "/x?y",
+                 id="absolute-form names the host"),
+])
+def test_resolve(host, target, service, forwarded):
+    match = router.resolve(host, target)
+    assert (match.service, match.target) == (service, forwarded)
+
+
+@pytest.mark.parametrize(("host", "target", "error"), [
+    pytest.param("a.example", "/proxy", NotFound, id="prefix without slash"),
+    pytest.param("a.example", "/other/x", NotFound, id="outside /proxy/"),
+    pytest.param("a.example", "/PROXY/x", NotFound, id="prefix is case-sensitive"),
+    pytest.param("a.example", "/%70roxy/x", NotFound, id="escaped prefix"),
+    pytest.param("c.example", "/proxy/x", NotFound, id="unknown host"),
+    pytest.param("a.example.evil", "/proxy/x", NotFound, id="suffix of a domain"),
+    pytest.param("a.example", "http://elsewhere.example/proxy/x", NotFound,
+                 id="absolute-form to an unknown host"),
+    pytest.param("a.example", "http://user@elsewhere/proxy/x", NotFound,
+                 id="userinfo is not the host"),
+    pytest.param("a.example", "*", NotFound, id="asterisk-form"),
+    pytest.param("a.example", "ftp://a.example/proxy/x", BadRequest, id="other scheme"),
+    pytest.param(None, "/proxy/x", BadRequest, id="no Host"),
+])
+def test_resolve_refuses(host, target, error):
+    with pytest.raises(error):
+        router.resolve(host, target)
+
+
+HOSTS = tuple(Endpoint("127.0.0.1", p) for p in (1, 2, 3))
+
+
+def test_round_robin_is_exact_and_in_file_order():
+    rr = RoundRobin(HOSTS, eject_seconds=10)
+    picks = [rr.pick() for _ in range(30)]
+    assert picks[:3] == list(HOSTS)
+    assert Counter(picks) == {h: 10 for h in HOSTS}
+
+
+def test_round_robin_is_exact_under_concurrent_greenlets():
+    rr = RoundRobin(HOSTS, eject_seconds=10)
+    picks: list[Endpoint] = []
+
+    def client():
+        for _ in range(10):
+            picks.append(rr.pick())
+            gevent.sleep(0)  # interleave with the others
+
+    gevent.joinall([gevent.spawn(client) for _ in range(30)])
+    assert Counter(picks) == {h: 100 for h in HOSTS}
+
+
+def test_ejected_host_is_skipped_until_its_time_is_up():
+    now = [100.0]
+    events = []
+    rr = RoundRobin(HOSTS, eject_seconds=10, clock=lambda: now[0],
+                    listener=lambda host, up: events.append((host.port, up)))
+    rr.eject(HOSTS[1])
+    assert HOSTS[1] not in [rr.pick() for _ in range(6)]
+    now[0] += 10.001
+    assert HOSTS[1] in [rr.pick() for _ in range(3)]
+    rr.mark_up(HOSTS[1])
+    assert events == [(2, False), (2, True)]
+
+
+def test_when_every_host_is_ejected_they_are_tried_anyway():
+    rr = RoundRobin(HOSTS, eject_seconds=10)
+    for h in HOSTS:
+        rr.eject(h)
+    assert {rr.pick() for _ in range(6)} == set(HOSTS)

@@ -1,0 +1,143 @@
+"""wsgiproxy's WSGI application: route, check, forward, stream back.
+
+Usage::
+
+    gunicorn -c config/gunicorn.conf.py wsgiproxy:app     # production
+    gunicorn -k gevent wsgiproxy:app                      # the same app, default server settings
+    python -m wsgiproxy                                   # gevent's pywsgi, one process
+
+The app blocks on sockets while it waits for hosts, so it needs a server that runs each
+request in its own greenlet (gunicorn's gevent worker, gevent's pywsgi) with the standard
+library monkey-patched *before* this package builds its session. It is not meant for
+thread- or process-per-request servers: each waiting request would hold a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from .bodies import read_request_body
+from .errors import InternalError, ProxyError, error_body
+from .exchange import Exchange
+from .headers import check_header_size, client_headers, request_id, upstream_headers
+from .routes import Routes, load_routes
+from .routing import Router
+from .settings import Settings, load_settings
+from .upstream import Upstream, UpstreamBody
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+__all__ = ["ProxyApp", "create_app", "raw_target"]
+
+logger = logging.getLogger(__name__)
+
+
+def raw_target(environ: WSGIEnvironment) -> str:
+    """The request target exactly as the client sent it.
+
+    gunicorn passes it as ``RAW_URI`` (and wsgiproxy's pywsgi handler does too); for any
+    other server it is rebuilt from ``PATH_INFO``, which has lost the client's escapes.
+    """
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw:
+        return str(raw)
+    path = quote(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),
+                 safe="/;=,@!$&'()*+:~", encoding="latin-1")
+    query = environ.get("QUERY_STRING")
+    return f"{path}?{query}" if query else path
+
+
+def _status_line(status: int, reason: str | None) -> str:
+    if not reason:
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Unknown"
+    return f"{status} {reason}"
+
+
+class ProxyApp:
+    """The proxy as a WSGI callable.
+
+    :param settings: process settings (body limit, ...).
+    :param router: maps Host and target to a service.
+    :param upstream: sends to the service's hosts.
+
+    Every error the proxy makes is answered here, and only here, as JSON
+    ``{"error": "..."}`` with the status its :class:`~wsgiproxy.errors.ProxyError`
+    class carries; anything else is a bug, logged with its traceback, answered 500.
+    """
+
+    def __init__(self, settings: Settings, router: Router, upstream: Upstream) -> None:
+        self.settings = settings
+        self.router = router
+        self.upstream = upstream
+
+    def __call__(self, environ: WSGIEnvironment,
+                 start_response: StartResponse) -> Iterable[bytes]:
+        rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
+        try:
+            return self._proxy(environ, start_response, rid)
+        except ProxyError as error:
+            logger.debug("request %s: %s %s", rid, error.status.value, error.message)
+            return self._error(start_response, error, rid)
+        except Exception:
+            logger.exception("request %s: unexpected error", rid)
+            return self._error(start_response, InternalError("internal proxy error"), rid)
+
+    def _proxy(self, environ: WSGIEnvironment, start_response: StartResponse,
+               rid: str) -> Iterable[bytes]:
+        check_header_size(environ)
+        match = self.router.resolve(environ.get("HTTP_HOST"), raw_target(environ))
+        body, length = read_request_body(environ, self.settings.max_request_body_bytes)
+        headers = upstream_headers(environ, match.host, rid, length)
+        exchange = Exchange(service=match.service.name, target=match.target, request_id=rid)
+        response = self.upstream.forward(
+            exchange, match.service, environ["REQUEST_METHOD"], headers, body)
+        raw = response.raw
+        try:
+            out = client_headers(raw.headers.items(), connection=raw.headers.get("Connection"),
+                                 keep_length=not raw.chunked)
+        except ProxyError:
+            raw.close()
+            raw.release_conn()
+            raise
+        out.append(("X-Request-ID", rid))
+        start_response(_status_line(raw.status, raw.reason), out)
+        return UpstreamBody(raw, rid)
+
+    @staticmethod
+    def _error(start_response: StartResponse, error: ProxyError, rid: str) -> list[bytes]:
+        body = error_body(error.message)
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            ("X-Request-ID", rid),
+        ]
+        if error.close_connection:
+            # The request body may be unread: reusing the connection would read it as
+            # the next request. Both servers close on an app's "Connection: close".
+            headers.append(("Connection", "close"))
+        start_response(_status_line(error.status.value, error.status.phrase), headers,
+                       sys.exc_info())
+        return [body]
+
+
+def create_app(settings: Settings | None = None, routes: Routes | None = None) -> ProxyApp:
+    """Build the app from the settings (environment/``.env``) and the routes file."""
+    settings = load_settings() if settings is None else settings
+    routes = load_routes(settings.configuration_filename) if routes is None else routes
+    if "gunicorn" in sys.modules:
+        from .gunicorn_server import adapt_gunicorn
+
+        adapt_gunicorn()
+    upstream = Upstream(routes.services, settings)
+    return ProxyApp(settings, Router(routes.services), upstream)

@@ -1,0 +1,151 @@
+"""Header rules at the two edges of the proxy (SPEC §5).
+
+Towards the host: hop-by-hop headers (and any header the client's ``Connection`` names)
+are dropped; ``Host`` is kept as the client sent it; ``X-Forwarded-For`` gets the
+client's address appended; ``X-Forwarded-Host`` and ``X-Forwarded-Proto`` are set;
+``X-Request-ID`` is the client's when it is sane, a new one otherwise. urllib3 would add
+``User-Agent`` and ``Accept-Encoding: identity`` when the client sent none; the proxy
+tells it not to, so the host sees what the client sent.
+
+Towards the client: the same hop-by-hop rule, repeated headers kept as separate lines,
+and any value a WSGI server would refuse (control characters) answered with 502 rather
+than crashing the response half-way.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from typing import TYPE_CHECKING, Final
+
+from urllib3.util import SKIP_HEADER
+
+from .errors import BadGateway, BadRequest, HeadersTooLarge
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+__all__ = [
+    "HOP_BY_HOP",
+    "MAX_HEADER_BYTES",
+    "MAX_HEADER_LINE_BYTES",
+    "client_headers",
+    "connection_tokens",
+    "request_id",
+    "upstream_headers",
+]
+
+#: RFC 9110 §7.6.1, plus the legacy names SPEC §5 lists. ``Expect`` is answered by the
+#: WSGI server on this hop, so it is not passed on either.
+HOP_BY_HOP: Final = frozenset({
+    "connection", "keep-alive", "proxy-connection", "proxy-authorization",
+    "proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade",
+})
+_NOT_FORWARDED: Final = HOP_BY_HOP | {
+    "host", "expect", "x-forwarded-host", "x-forwarded-proto", "x-request-id",
+    "content-length",
+}
+
+MAX_HEADER_BYTES: Final = 64 * 1024
+MAX_HEADER_LINE_BYTES: Final = 8 * 1024
+
+_SANE_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# VCHAR, obs-text, SP and HTAB (RFC 9110 §5.5); never CR, LF, NUL or other controls.
+_FIELD_VALUE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
+def request_id(client_value: str | None) -> str:
+    """The client's X-Request-ID if it is 1-128 of ``[A-Za-z0-9._:-]``, else a new one."""
+    if client_value and _SANE_REQUEST_ID.fullmatch(client_value):
+        return client_value
+    return os.urandom(16).hex()
+
+
+@lru_cache(maxsize=512)
+def _header_name(wsgi_key: str) -> str:
+    """``HTTP_X_FORWARDED_FOR`` → ``X-Forwarded-For`` (WSGI lost the original case)."""
+    return wsgi_key[5:].replace("_", "-").title()
+
+
+def connection_tokens(value: str | None) -> frozenset[str]:
+    """Lower-cased names listed in a ``Connection`` header."""
+    if not value:
+        return frozenset()
+    return frozenset(t.strip().lower() for t in value.split(",") if t.strip())
+
+
+def check_header_size(environ: Mapping[str, object]) -> None:
+    """431 for a header section over 64 KiB or a line over 8 KiB (SPEC §9).
+
+    The WSGI server has already parsed the headers; this bounds what the proxy accepts
+    whatever server runs it (gunicorn caps lines, not the total).
+    """
+    total = 0
+    for key, value in environ.items():
+        if key.startswith("HTTP_") and isinstance(value, str):
+            line = len(key) - 5 + len(value) + 4  # "Name: value\r\n"
+            if line > MAX_HEADER_LINE_BYTES:
+                raise HeadersTooLarge(f"header {_header_name(key)} is over 8 KiB")
+            total += line
+    if total > MAX_HEADER_BYTES:
+        raise HeadersTooLarge("request header section is over 64 KiB")
+
+
+def upstream_headers(
+    environ: Mapping[str, str],
+    host: str,
+    rid: str,
+    content_length: int | None,
+) -> dict[str, str]:
+    """The headers to send the host, in the client's order, ``Host`` first."""
+    headers: dict[str, str] = {"Host": host}
+    dropped = _NOT_FORWARDED | connection_tokens(environ.get("HTTP_CONNECTION"))
+    for key, value in environ.items():
+        if not key.startswith("HTTP_"):
+            continue
+        name = _header_name(key)
+        if name.lower() in dropped:
+            continue
+        if not _FIELD_VALUE.fullmatch(value):
+            raise BadRequest(f"invalid character in header {name}")
+        headers[name] = value
+    content_type = environ.get("CONTENT_TYPE")
+    if content_type:
+        if not _FIELD_VALUE.fullmatch(content_type):
+            raise BadRequest("invalid character in header Content-Type")
+        headers["Content-Type"] = content_type
+    if content_length is not None:
+        headers["Content-Length"] = str(content_length)
+    remote = environ.get("REMOTE_ADDR", "")
+    forwarded_for = headers.get("X-Forwarded-For")
+    headers["X-Forwarded-For"] = f"{forwarded_for}, {remote}" if forwarded_for else remote
+    headers["X-Forwarded-Host"] = host
+    headers["X-Forwarded-Proto"] = environ.get("wsgi.url_scheme", "http")
+    headers["X-Request-ID"] = rid
+    # Without these, urllib3 would invent a User-Agent and "Accept-Encoding: identity".
+    headers.setdefault("User-Agent", SKIP_HEADER)
+    headers.setdefault("Accept-Encoding", SKIP_HEADER)
+    return headers
+
+
+def client_headers(
+    upstream: Iterable[tuple[str, str]], *, connection: str | None, keep_length: bool
+) -> list[tuple[str, str]]:
+    """The host's response headers as the client gets them, repeated ones kept apart.
+
+    :param connection: the host's ``Connection`` value; the names it lists are dropped.
+    :param keep_length: False when the host framed the body with chunked coding, whose
+        ``Content-Length`` (if any) does not describe the bytes the client will get.
+    """
+    dropped = HOP_BY_HOP | connection_tokens(connection)
+    if not keep_length:
+        dropped = dropped | {"content-length"}
+    out = []
+    for name, value in upstream:
+        if name.lower() in dropped:
+            continue
+        if not _FIELD_VALUE.fullmatch(value):
+            raise BadGateway(f"upstream sent an invalid {name} header")
+        out.append((name, value))
+    return out

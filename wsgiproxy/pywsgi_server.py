@@ -1,0 +1,214 @@
+"""``python -m wsgiproxy``: the proxy on gevent's ``pywsgi`` server.
+
+pywsgi's request parser is lenient in ways a proxy cannot afford, because the proxy's
+reading of a request is what the host will read too (request smuggling):
+
+* a duplicated ``Content-Length`` is accepted, the first value used and the rest of the
+  body read as the next request; ``Content-Length`` beside ``Transfer-Encoding`` is
+  silently dropped; ``+5`` parses as 5;
+* a bare LF ends a line; ``Name : value`` and folded (obs-fold) lines are accepted;
+* the raw request target is not passed on (``PATH_INFO`` is decoded: ``%2F`` → ``/``).
+
+:class:`ProxyHandler` parses the request line and headers itself, as strictly as
+gunicorn 27 does (RFC 9112), answers every rejection with the proxy's JSON error, passes
+the raw target as ``RAW_URI`` (gunicorn's name) and turns on ``TCP_NODELAY`` so a small
+response is not held back by Nagle's algorithm waiting for the client's delayed ACK.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import socket
+import sys
+from typing import TYPE_CHECKING, Any, Final
+
+import gevent
+import gevent.event
+from gevent import pywsgi
+
+from .errors import (
+    BadRequest,
+    ConfigError,
+    HeadersTooLarge,
+    NotImplementedByProxy,
+    ProxyError,
+    URITooLong,
+    raw_error_response,
+)
+from .headers import MAX_HEADER_BYTES, MAX_HEADER_LINE_BYTES
+from .routes import load_routes
+from .settings import load_settings
+
+if TYPE_CHECKING:
+    from .routes import Endpoint
+
+__all__ = ["ProxyHandler", "main", "serve"]
+
+logger = logging.getLogger(__name__)
+
+MAX_REQUEST_LINE: Final = 8192
+_TOO_LONG: Final = "\x00too-long\r\n"  # read_requestline's marker, never a real line
+
+# RFC 9112 §3: method SP request-target SP HTTP-version CRLF, nothing else.
+_REQUEST_LINE: Final = re.compile(
+    r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) (HTTP/1\.[01])\r\n")
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
+class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
+    """A pywsgi handler that parses requests as strictly as the proxy needs."""
+
+    response_use_chunked: bool
+
+    def handle(self) -> None:
+        try:
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # a unix socket, or already closed
+            pass
+        super().handle()
+
+    def read_requestline(self) -> str:
+        line: bytes = self.rfile.readline(MAX_REQUEST_LINE + 1)
+        if len(line) > MAX_REQUEST_LINE:
+            # pywsgi would answer its own plain-text 414; hand read_request a marker
+            # so the 414 comes from _handle_client_error, as JSON.
+            return _TOO_LONG
+        return line.decode("latin-1")
+
+    def read_request(self, raw_requestline: str) -> bool:
+        if raw_requestline == _TOO_LONG:
+            raise URITooLong("request line is too long")
+        match = _REQUEST_LINE.fullmatch(raw_requestline)
+        if match is None:
+            raise BadRequest(f"invalid request line {raw_requestline.rstrip()[:100]!r}")
+        self.requestline = raw_requestline.rstrip("\r\n")
+        self.command, self.path, self.request_version = match.groups()
+        self.headers = self._read_headers()
+        self._check_framing()
+        if self.request_version == "HTTP/1.1":
+            self.close_connection = self.headers.get("Connection", "").lower() == "close"
+        else:
+            self.close_connection = self.headers.get("Connection", "").lower() != "keep-alive"
+        return True
+
+    def _read_headers(self) -> Any:
+        headers = pywsgi.OldMessage()  # what pywsgi's own parser returns
+        total = 0
+        while True:
+            line: bytes = self.rfile.readline(MAX_HEADER_LINE_BYTES + 1)
+            if len(line) > MAX_HEADER_LINE_BYTES:
+                raise HeadersTooLarge("a header line is over 8 KiB")
+            total += len(line)
+            if total > MAX_HEADER_BYTES:
+                raise HeadersTooLarge("request header section is over 64 KiB")
+            if line == b"\r\n":
+                return headers
+            if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
+                raise BadRequest("header line not ended by CRLF")
+            if line[:1] in (b" ", b"\t"):
+                raise BadRequest("obsolete line folding in headers")
+            text = line[:-2].decode("latin-1")
+            name, colon, value = text.partition(":")
+            if not colon or not _TOKEN.fullmatch(name):
+                raise BadRequest(f"invalid header name {name[:60]!r}")
+            value = value.strip(" \t")
+            if not _FIELD_VALUE.fullmatch(value):
+                raise BadRequest(f"invalid character in header {name}")
+            headers[name] = value
+
+    def _check_framing(self) -> None:
+        """RFC 9112 §6: one unambiguous body length, or refuse the request."""
+        lengths = self.headers.get_all("Content-Length") or []
+        codings = self.headers.get_all("Transfer-Encoding") or []
+        if len(lengths) > 1:
+            raise BadRequest("duplicated Content-Length")
+        if codings:
+            if lengths:
+                raise BadRequest("both Content-Length and Transfer-Encoding")
+            if ",".join(codings).strip(" \t").lower() != "chunked":
+                raise NotImplementedByProxy(f"unsupported Transfer-Encoding {codings[0]!r}")
+            if self.request_version != "HTTP/1.1":
+                raise BadRequest("chunked body in an HTTP/1.0 request")
+            self.content_length = None
+            return
+        if lengths:
+            if not (lengths[0].isdigit() and lengths[0].isascii()):
+                raise BadRequest(f"invalid Content-Length {lengths[0][:40]!r}")
+            self.content_length = int(lengths[0])
+        else:
+            self.content_length = None
+
+    def finalize_headers(self) -> None:
+        super().finalize_headers()
+        if self.command == "HEAD" and self.response_use_chunked:
+            # pywsgi would frame a HEAD response as chunked and then write the final
+            # "0\r\n\r\n", a body the client does not expect (RFC 9110 §9.3.2): the next
+            # response on the connection would start with it.
+            self.response_use_chunked = False
+            self.response_headers.remove((b"Transfer-Encoding", b"chunked"))
+
+    def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
+        if isinstance(ex, ProxyError):
+            status, message = ex.status.value, ex.message
+        else:  # pywsgi's own errors (its body reader, for one)
+            status, message = 400, str(ex) or "bad request"
+        logger.info("rejected a request from %s: %s", self.client_address, message)
+        return str(status), raw_error_response(status, message)
+
+    def _send_error_response_if_possible(self, error_code: int) -> None:
+        if self.response_length:
+            self.close_connection = True
+            return
+        body = raw_error_response(error_code, "internal server error")
+        try:
+            self.socket.sendall(body)
+        except OSError:
+            pass
+        self.close_connection = True
+
+    def get_environ(self) -> dict[str, Any]:
+        env: dict[str, Any] = super().get_environ()
+        env["RAW_URI"] = self.path
+        return env
+
+
+def serve(app: Any, listen: Endpoint) -> pywsgi.WSGIServer:
+    """A started pywsgi server for ``app`` on ``listen``."""
+    server = pywsgi.WSGIServer((listen.address, listen.port), app,
+                               handler_class=ProxyHandler, log=None, error_log=logger)
+    server.start()
+    return server
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run until SIGTERM or SIGINT; a bad setting or routes file exits 2 with one line."""
+    from .handler import create_app
+    from .logs import configure_logging
+
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_level)
+        routes = load_routes(settings.configuration_filename)
+        app = create_app(settings, routes)
+    except ConfigError as error:
+        print(f"wsgiproxy: {error}", file=sys.stderr)
+        return 2
+    try:
+        server = serve(app, routes.listen)
+    except OSError as error:
+        print(f"wsgiproxy: cannot listen on {routes.listen}: {error.strerror}",
+              file=sys.stderr)
+        return 1
+    logger.info("wsgiproxy listening on %s (pywsgi), %d services",
+                routes.listen, len(routes.services))
+    stopping = gevent.event.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stopping.set)
+    stopping.wait()
+    logger.info("shutting down")
+    server.stop(timeout=5)
+    app.upstream.close()
+    return 0

@@ -1,0 +1,148 @@
+"""The routes file: which services exist, the domain of each and the hosts that serve it.
+
+Loaded once at start-up with PyYAML's safe loader, checked against
+``routes.schema.json`` (JSON Schema, so editors can use the same file) and turned into
+frozen dataclasses. A bad file raises :class:`ConfigError` with one line naming the file
+and the field, e.g.
+``config/proxyConfig.yaml: proxy.services[0].hosts[1].port: must be an integer from 1 to 65535``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import jsonschema
+import yaml
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = ["Backend", "Endpoint", "Routes", "Service", "load_routes", "normalize_domain"]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An address and port, as the routes file writes them."""
+
+    address: str
+    port: int
+
+    @property
+    def netloc(self) -> str:
+        """``host:port`` with IPv6 literals bracketed, as it appears in URLs and logs."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.netloc
+
+
+#: A host that serves a service. Same shape as the listen address; a separate name
+#: keeps signatures honest about which one they want.
+Backend = Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """One routes-file service: requests whose Host is ``domain`` go to ``hosts``."""
+
+    name: str
+    domain: str
+    hosts: tuple[Backend, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Routes:
+    listen: Endpoint
+    services: tuple[Service, ...]
+
+
+def normalize_domain(host: str) -> str:
+    """Lower-case, without a trailing dot: how domains are compared (SPEC §4)."""
+    return host.lower().rstrip(".")
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads(resources.files(__package__).joinpath("routes.schema.json").read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _field_path(parts: Any) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """One ``field: problem`` line, worded for an operator rather than a schema author."""
+    path = list(error.absolute_path)
+    instance: Any = error.instance
+    schema: Any = error.schema
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in instance]  # type: ignore[union-attr]
+        return f"{_field_path([*path, missing[0]])}: is required"
+    if error.validator == "additionalProperties":
+        known = schema.get("properties", {})
+        extra = sorted(str(k) for k in instance if k not in known)
+        return f"{_field_path([*path, extra[0]])}: unknown key (expected one of {', '.join(known)})"
+    message = schema.get("x-message", error.message)
+    where = _field_path(path)
+    return f"{where}: {message}" if where else message
+
+
+def _sort_key(error: jsonschema.ValidationError) -> list[tuple[int, int | str]]:
+    return [(0, p) if isinstance(p, int) else (1, str(p)) for p in error.absolute_path]
+
+
+def parse_routes(data: Any, source: str = "<routes>") -> Routes:
+    """Validate already-parsed YAML and build :class:`Routes`."""
+    errors = sorted(_validator().iter_errors(data), key=_sort_key)
+    if errors:
+        raise ConfigError(f"{source}: {_describe(errors[0])}")
+
+    proxy = data["proxy"]
+    services: list[Service] = []
+    seen_domains: dict[str, int] = {}
+    seen_names: dict[str, int] = {}
+    for i, raw in enumerate(proxy["services"]):
+        domain = normalize_domain(raw["domain"])
+        if domain in seen_domains:
+            raise ConfigError(
+                f"{source}: proxy.services[{i}].domain: {raw['domain']!r} is already used by "
+                f"proxy.services[{seen_domains[domain]}] (domains are case-insensitive)"
+            )
+        if raw["name"] in seen_names:
+            raise ConfigError(
+                f"{source}: proxy.services[{i}].name: {raw['name']!r} is already used by "
+                f"proxy.services[{seen_names[raw['name']]}]"
+            )
+        seen_domains[domain] = seen_names[raw["name"]] = i
+        hosts = tuple(Endpoint(h["address"], h["port"]) for h in raw["hosts"])
+        services.append(Service(name=raw["name"], domain=domain, hosts=hosts))
+    listen = Endpoint(proxy["listen"]["address"], proxy["listen"]["port"])
+    return Routes(listen=listen, services=tuple(services))
+
+
+def load_routes(path: Path) -> Routes:
+    """Read, parse and validate the routes file at ``path``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{path}: cannot read the routes file ({reason})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    return parse_routes(data, str(path))

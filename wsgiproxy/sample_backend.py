@@ -1,0 +1,134 @@
+"""A small backend to put behind the proxy: ``make demo``, the load test and the benchmark.
+
+Not part of the proxy. Each instance says which one answered (``X-Instance`` header and
+``"instance"`` in the JSON), so round-robin can be seen with curl::
+
+    python -m wsgiproxy.sample_backend --port 9001 --name a
+
+Endpoints (any method):
+
+* ``/cacheable``  — JSON, ``Cache-Control: public, max-age=60`` and an ETag
+* ``/uncacheable`` — JSON, ``Cache-Control: no-store``
+* ``/slow?ms=100`` — answers after that many milliseconds
+* ``/large?bytes=N`` — N bytes, streamed in 64 KiB pieces
+* ``/status/<code>`` — that status
+* anything else — echoes method, path, query, headers and body size as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import gevent
+from gevent import pywsgi
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+__all__ = ["SampleBackend", "main"]
+
+_CHUNK = 64 * 1024
+
+
+def _int_arg(environ: WSGIEnvironment, name: str, default: int) -> int:
+    values = parse_qs(environ.get("QUERY_STRING", "")).get(name)
+    try:
+        return int(values[0]) if values else default
+    except ValueError:
+        return default
+
+
+class SampleBackend:
+    """The WSGI app of one sample instance.
+
+    :param name: reported in every answer, so you can tell instances apart.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, environ: WSGIEnvironment,
+                 start_response: StartResponse) -> Iterable[bytes]:
+        body = environ["wsgi.input"].read()
+        path = environ.get("PATH_INFO", "/")
+        base = [("X-Instance", self.name)]
+        if path == "/cacheable":
+            return self._json(start_response, {"instance": self.name, "cacheable": True},
+                              [*base, ("Cache-Control", "public, max-age=60")], etag=True)
+        if path == "/uncacheable":
+            return self._json(start_response, {"instance": self.name, "cacheable": False},
+                              [*base, ("Cache-Control", "no-store")])
+        if path == "/slow":
+            gevent.sleep(_int_arg(environ, "ms", 100) / 1000)
+            return self._json(start_response, {"instance": self.name, "slow": True},
+                              [*base, ("Cache-Control", "no-store")])
+        if path == "/large":
+            size = _int_arg(environ, "bytes", 1024 * 1024)
+            start_response("200 OK", [*base, ("Content-Type", "application/octet-stream"),
+                                      ("Content-Length", str(size)),
+                                      ("Cache-Control", "no-store")])
+            return self._bytes(size)
+        if path.startswith("/status/"):
+            code = int(path.rsplit("/", 1)[1]) if path.rsplit("/", 1)[1].isdigit() else 500
+            try:
+                phrase = HTTPStatus(code).phrase
+            except ValueError:
+                phrase = "Unknown"
+            return self._json(start_response, {"instance": self.name, "status": code},
+                              base, status=f"{code} {phrase}")
+        headers = {k[5:].replace("_", "-").title(): v for k, v in environ.items()
+                   if k.startswith("HTTP_")}
+        return self._json(start_response, {
+            "instance": self.name,
+            "method": environ["REQUEST_METHOD"],
+            "path": path,
+            "query": environ.get("QUERY_STRING", ""),
+            "headers": headers,
+            "body_bytes": len(body),
+        }, [*base, ("Cache-Control", "no-store")])
+
+    @staticmethod
+    def _bytes(size: int) -> Iterator[bytes]:
+        block = b"x" * _CHUNK
+        while size > 0:
+            piece = block[:size]
+            size -= len(piece)
+            yield piece
+
+    @staticmethod
+    def _json(start_response: StartResponse, data: dict[str, Any],
+              headers: list[tuple[str, str]], *, status: str = "200 OK",
+              etag: bool = False) -> list[bytes]:
+        out = json.dumps(data).encode()
+        headers = [*headers, ("Content-Type", "application/json"),
+                   ("Content-Length", str(len(out)))]
+        if etag:
+            headers.append(("ETag", '"' + hashlib.sha1(out).hexdigest()[:16] + '"'))
+        start_response(status, headers)
+        return [out]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--address", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--name", default=None, help="instance name (default: the port)")
+    args = parser.parse_args(argv)
+    name = args.name or str(args.port)
+    server = pywsgi.WSGIServer((args.address, args.port), SampleBackend(name), log=None)
+    print(f"sample backend {name!r} on http://{args.address}:{args.port}/", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

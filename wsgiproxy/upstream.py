@@ -1,0 +1,278 @@
+"""Forwarding to a service's hosts through one pooled ``requests.Session`` (SPEC §5, §6).
+
+The session holds one :class:`~wsgiproxy.balancer.RoundRobinAdapter` per service, mounted
+at ``http://<domain>/``, each with urllib3 ``Retry`` (same-host retries) and
+CacheControl. Everything else here is what a proxy does differently from a client:
+
+* ``trust_env`` off (no ``*_PROXY``/netrc from the environment), a cookie jar that
+  stores nothing (``Session.send`` would otherwise keep every upstream ``Set-Cookie``
+  and send it with the next client's request), no redirects followed, bodies streamed
+  and never decoded.
+* The hot path calls the mounted adapter directly: ``Session.request``/``send`` would
+  merge environment settings, run hooks, parse cookies and resolve redirects, all of
+  which a proxy must skip.
+* Failover to the next host happens here, because urllib3 retries on the pool it
+  started with: a host that refused the connection (the request never left) is
+  ejected and the next one is tried at once, for every method.
+* Every ``requests``/urllib3 exception becomes a :class:`~wsgiproxy.errors.ProxyError`
+  in :func:`translate_error`, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import logging
+from collections.abc import Callable
+from http.cookiejar import DefaultCookiePolicy
+from typing import TYPE_CHECKING, Any, Final
+
+import requests
+from requests.models import PreparedRequest
+from requests.structures import CaseInsensitiveDict
+from urllib3.exceptions import HTTPError, MaxRetryError, ProtocolError, UnrewindableBodyError
+from urllib3.util import Retry, Timeout
+
+from .balancer import RoundRobin, RoundRobinAdapter
+from .bodies import ClientBodyError
+from .errors import BadGateway, BadRequest, NoHostReachable, ProxyError, UpstreamTimeout
+from .exchange import Outcome, current_exchange
+from .transport import RETRYABLE_STATUSES, classify_error
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
+    from urllib3.response import BaseHTTPResponse
+
+    from .exchange import Exchange
+    from .routes import Backend, Service
+    from .settings import Settings
+
+__all__ = ["IDEMPOTENT_METHODS", "ProxyRetry", "Upstream", "UpstreamBody", "build_retry",
+           "translate_error"]
+
+logger = logging.getLogger(__name__)
+
+#: SPEC §6: only these are ever sent to a host a second time.
+IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+#: A Retry-After longer than this is waited this long (SPEC §6).
+RETRY_AFTER_CAP_SECONDS: Final = 2
+#: Response bytes read per step; read1() returns what has arrived, up to this.
+CHUNK_BYTES: Final = 64 * 1024
+#: Idle connections kept per host (per worker); more are opened under load and closed.
+POOL_MAXSIZE: Final = 64
+
+_CONNECT_FAILURES: Final = frozenset({Outcome.REFUSED, Outcome.CONNECT_TIMEOUT})
+
+#: Told (service name, host, up) when a host is ejected or answers again.
+ServiceHostListener = Callable[[str, "Backend", bool], None]
+
+
+class ProxyRetry(Retry):
+    """urllib3 ``Retry`` that waits on ``Retry-After`` only with a 503.
+
+    ``Retry`` also retries 413 and 429 when they carry ``Retry-After``; a proxy passes
+    those to the client, whose request it is to repeat or not.
+    """
+
+    RETRY_AFTER_STATUS_CODES = frozenset({503})
+
+
+def build_retry(settings: Settings) -> Retry:
+    """Same-host retries after the request was sent: idempotent methods only, read
+    errors and 502/503/504, MAX_HTTP_RETRIES in all. Connect failures are not retried
+    here (``connect=0``): :meth:`Upstream.forward` moves on to the next host instead."""
+    return ProxyRetry(
+        total=settings.max_http_retries,
+        connect=0,
+        read=settings.max_http_retries,
+        status=settings.max_http_retries,
+        other=0,
+        redirect=0,
+        allowed_methods=IDEMPOTENT_METHODS,
+        status_forcelist=RETRYABLE_STATUSES,
+        backoff_factor=0.05,  # 0 s, 0.1 s, 0.2 s, ...
+        backoff_max=1.0,
+        raise_on_status=False,  # give the client the host's last answer
+        raise_on_redirect=False,
+        respect_retry_after_header=True,
+        retry_after_max=RETRY_AFTER_CAP_SECONDS,
+    )
+
+
+def _cause(error: BaseException) -> BaseException:
+    """The urllib3/socket error under requests' and urllib3's wrappers."""
+    if isinstance(error, requests.RequestException) and error.args:
+        error = error.args[0]
+    if isinstance(error, MaxRetryError) and error.reason is not None:
+        error = error.reason
+    if isinstance(error, ProtocolError) and len(error.args) > 1:
+        error = error.args[1]
+    return error
+
+
+def translate_error(error: BaseException, service: str) -> ProxyError:
+    """The one place where a transport exception becomes a proxy error."""
+    cause = _cause(error)
+    if isinstance(cause, ClientBodyError):
+        return BadRequest(str(cause))
+    if isinstance(cause, UnrewindableBodyError):
+        return BadGateway(f"service {service!r}: the host failed while the request body "
+                          "was being streamed, and a streamed body cannot be resent")
+    outcome = classify_error(cause)
+    if outcome in _CONNECT_FAILURES:
+        return NoHostReachable(f"service {service!r}: no host could be reached")
+    if outcome == Outcome.READ_TIMEOUT:
+        return UpstreamTimeout(f"service {service!r}: the host did not answer in time")
+    if outcome == Outcome.INVALID_RESPONSE:
+        return BadGateway(f"service {service!r}: the host sent an invalid response")
+    return BadGateway(f"service {service!r}: the host closed the connection")
+
+
+def _for_service(listener: ServiceHostListener | None,
+                 name: str) -> Callable[[Backend, bool], None] | None:
+    if listener is None:
+        return None
+    return lambda host, up: listener(name, host, up)
+
+
+class UpstreamBody:
+    """The WSGI response iterable: the host's body, undecoded, passed on as it arrives.
+
+    ``close()`` (which every WSGI server calls) returns the connection to the pool when
+    the body was read to the end, and closes it otherwise, e.g. when the client went
+    away mid-response: the rest of the body is never read into the pool.
+    """
+
+    __slots__ = ("_complete", "_raw", "bytes_sent", "request_id")
+
+    def __init__(self, raw: BaseHTTPResponse, request_id: str) -> None:
+        self._raw = raw
+        self._complete = False
+        self.bytes_sent = 0
+        self.request_id = request_id
+
+    def __iter__(self) -> Iterator[bytes]:
+        read1 = self._raw.read1
+        try:
+            while data := read1(CHUNK_BYTES, decode_content=False):
+                self.bytes_sent += len(data)
+                yield data
+        except (HTTPError, OSError, http.client.HTTPException) as exc:
+            logger.warning("request %s: upstream response broken off after %d bytes: %s",
+                           self.request_id, self.bytes_sent, exc)
+            # Headers are out; the only honest signal left is to drop the client
+            # connection without finishing the body. Both gunicorn and pywsgi treat
+            # ECONNRESET from the app iterable as exactly that, quietly.
+            raise ConnectionResetError(errno.ECONNRESET, "upstream response broken off") \
+                from exc
+        self._complete = True
+
+    def close(self) -> None:
+        raw = self._raw
+        if not self._complete:
+            raw.close()
+        raw.release_conn()
+
+
+class Upstream:
+    """Sends requests to the hosts of routed services.
+
+    :param services: from the routes file; one adapter is mounted per domain.
+    :param settings: timeouts, retry counts, ejection time.
+    :param adapter_kwargs: extra :class:`RoundRobinAdapter` arguments (the cache).
+
+    Usage::
+
+        upstream = Upstream(routes.services, settings)
+        response = upstream.forward(exchange, service, "GET", headers, None)
+    """
+
+    def __init__(
+        self,
+        services: tuple[Service, ...],
+        settings: Settings,
+        adapter_kwargs: Mapping[str, Any] | None = None,
+        host_listener: ServiceHostListener | None = None,
+    ) -> None:
+        self._forward_retries = settings.max_forward_retries
+        self._timeout = Timeout(connect=settings.upstream_connect_timeout_seconds,
+                                read=settings.upstream_read_timeout_seconds)
+        self.session = requests.Session()
+        self.session.trust_env = False
+        self.session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+        self.session.adapters.clear()  # nothing but the services' domains is reachable
+        retry = build_retry(settings)
+        self._adapters: dict[str, RoundRobinAdapter] = {}
+        for service in services:
+            balancer = RoundRobin(service.hosts, settings.host_eject_seconds,
+                                  listener=_for_service(host_listener, service.name))
+            adapter = RoundRobinAdapter(balancer, max_retries=retry,
+                                        pool_maxsize=POOL_MAXSIZE, **(adapter_kwargs or {}))
+            self.session.mount(f"http://{service.domain}/", adapter)
+            self._adapters[service.domain] = adapter
+
+    def adapter(self, service: Service) -> RoundRobinAdapter:
+        return self._adapters[service.domain]
+
+    def forward(
+        self,
+        exchange: Exchange,
+        service: Service,
+        method: str,
+        headers: dict[str, str],
+        body: Any,
+    ) -> requests.Response:
+        """Send the request to the service and return the response, body unread."""
+        adapter = self._adapters[service.domain]
+        request = PreparedRequest()
+        request.method = method
+        request.url = f"http://{service.domain}{exchange.target}"
+        request.headers = CaseInsensitiveDict(headers)
+        request.body = body
+        token = current_exchange.set(exchange)
+        try:
+            return self._send(adapter, request, exchange, service)
+        finally:
+            current_exchange.reset(token)
+
+    def _send(self, adapter: RoundRobinAdapter, request: PreparedRequest,
+              exchange: Exchange, service: Service) -> requests.Response:
+        balancer = adapter.balancer
+        tried: set[Backend] = set()
+        error: BaseException | None = None
+        for _ in range(1 + self._forward_retries):
+            try:
+                # HTTPAdapter takes a urllib3 Timeout as is; CacheControl's hint is narrower.
+                response = adapter.send(request, stream=True,
+                                        timeout=self._timeout)  # type: ignore[arg-type]
+            except (requests.RequestException, HTTPError, OSError,
+                    http.client.HTTPException) as exc:
+                cause = _cause(exc)
+                if classify_error(cause) not in _CONNECT_FAILURES \
+                        or isinstance(cause, ClientBodyError):
+                    raise translate_error(exc, service.name) from exc
+                host = exchange.backend
+                logger.debug("request %s: %s could not be reached (%s); next host",
+                             exchange.request_id, host, cause)
+                if host is not None:
+                    balancer.eject(host)
+                    tried.add(host)
+                error = exc
+                if len(tried) >= len(balancer.hosts):
+                    break
+                continue
+            if getattr(response, "from_cache", False):
+                return response
+            if exchange.backend is not None:
+                balancer.mark_up(exchange.backend)
+            if response.status_code == 101:
+                response.raw.close()
+                raise BadGateway(f"service {service.name!r}: the host switched protocols "
+                                 "unasked")
+            return response
+        assert error is not None
+        raise translate_error(error, service.name) from error
+
+    def close(self) -> None:
+        self.session.close()
