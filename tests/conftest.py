@@ -6,9 +6,9 @@ import contextlib
 import os
 
 import pytest
-from support.backends import HTTPBackend, RawBackend
-from support.proxy import ProxyProcess
 
+from support.backends import HTTPBackend, RawBackend, echo
+from support.proxy import ProxyProcess
 from wsgiproxy.settings import SETTINGS
 
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy",
@@ -30,8 +30,8 @@ def _clean_environ():
 def backend():
     """Factory: ``backend(respond=None, name="")`` starts an :class:`HTTPBackend`."""
     with contextlib.ExitStack() as stack:
-        def start(respond=None, name: str = "") -> HTTPBackend:
-            b = HTTPBackend(respond, name) if respond else HTTPBackend(name=name)
+        def start(respond=None, name: str = "", port: int = 0) -> HTTPBackend:
+            b = HTTPBackend(respond or echo, name, port)
             return stack.enter_context(b)
         yield start
 

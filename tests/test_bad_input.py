@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+
 from support.backends import HTTPBackend
 from support.net import raw_exchange
 from support.proxy import ProxyProcess

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+
 from support.backends import HTTPBackend, Reply, Seen, echo
 from support.net import raw_exchange
 from support.proxy import ProxyProcess

@@ -8,8 +8,8 @@ import sys
 import textwrap
 
 import pytest
-from support.proxy import REPO
 
+from support.proxy import REPO
 from wsgiproxy.errors import ConfigError
 from wsgiproxy.routes import Endpoint, load_routes
 

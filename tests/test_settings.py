@@ -9,8 +9,8 @@ from pathlib import Path
 
 import decouple
 import pytest
-from support.proxy import REPO
 
+from support.proxy import REPO
 from wsgiproxy.errors import ConfigError
 from wsgiproxy.settings import load_settings, settings_table
 

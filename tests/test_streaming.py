@@ -11,6 +11,7 @@ import time
 import pytest
 import requests
 import urllib3
+
 from support.backends import Reply, read_request
 from support.net import raw_exchange, reserve_port, wait_until
 

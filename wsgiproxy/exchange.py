@@ -3,12 +3,12 @@
 An :class:`Exchange` is created per request by the handler and made current with
 :data:`current_exchange` for the duration of the upstream call. The layers below
 requests (the urllib3 pool and connection in :mod:`wsgiproxy.transport`) cannot be
-handed extra arguments through ``Session``/``HTTPAdapter.send``, so they find it there:
-a ``ContextVar`` is per greenlet under gevent (greenlet >= 1.0 gives each greenlet its
-own context), so concurrent requests never see each other's record.
+handed extra arguments through ``HTTPAdapter.send``, so they find it there: a
+``ContextVar`` is per greenlet under gevent (greenlet >= 1.0 gives each greenlet its own
+context), so concurrent requests never see each other's record.
 
 The record feeds the access log and the metrics: which hosts were tried and how each
-attempt ended, when the request was forwarded and when the host answered.
+attempt ended, when the request was forwarded, when the host answered, how it ended.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ class Outcome:
 
     RESPONSE: Final = "response"  # the host answered (any status but those below)
     RETRYABLE_STATUS: Final = "retryable_status"  # 502/503/504 from the host
-    REFUSED: Final = "refused"  # connection refused, or connect timeout: never sent
-    CONNECT_TIMEOUT: Final = "connect_timeout"
+    REFUSED: Final = "refused"  # connection refused: the request never left
+    CONNECT_TIMEOUT: Final = "connect_timeout"  # likewise never sent
     READ_TIMEOUT: Final = "read_timeout"
     RESET: Final = "reset"  # connection broken after the request was sent
     INVALID_RESPONSE: Final = "invalid_response"  # not HTTP, or not parseable
@@ -50,15 +50,21 @@ class Attempt:
 class Exchange:
     """One client request's record; mutable, owned by the greenlet serving it."""
 
-    service: str
-    target: str  # the raw target forwarded upstream, byte-for-byte
     request_id: str
+    method: str
+    path: str  # the client's target, as sent
+    client: str = ""
     received_at: float = field(default_factory=time.perf_counter)
+    service: str = ""  # "" until routed
+    target: str = ""  # the raw target forwarded upstream, byte-for-byte
     attempts: list[Attempt] = field(default_factory=list)
     backend: Backend | None = None  # the host picked for the attempt in progress
     forwarded_at: float = 0.0  # first time the request was handed to a host
     answered_at: float = 0.0  # when the final response's head arrived
     cache: str = ""  # "HIT", "MISS", or "" when the cache was not consulted
+    status: int = 0
+    bytes_sent: int = 0
+    complete: bool = True  # False when the response was broken off
 
     def record(self, outcome: str, status: int = 0) -> None:
         """Note one attempt on the host picked last."""

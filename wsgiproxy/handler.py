@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -24,13 +25,14 @@ from .bodies import read_request_body
 from .errors import InternalError, ProxyError, error_body
 from .exchange import Exchange
 from .headers import check_header_size, client_headers, request_id, upstream_headers
+from .logs import configure_logging, log_access
 from .routes import Routes, load_routes
 from .routing import Router
 from .settings import Settings, load_settings
 from .upstream import Upstream, UpstreamBody
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable, Iterator
 
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
@@ -63,44 +65,68 @@ def _status_line(status: int, reason: str | None) -> str:
     return f"{status} {reason}"
 
 
+class FixedBody:
+    """A body the proxy wrote itself; reports the end of the response on close()."""
+
+    __slots__ = ("_chunks", "_on_close")
+
+    def __init__(self, chunks: list[bytes], on_close: Callable[[], None]) -> None:
+        self._chunks = chunks
+        self._on_close = on_close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._chunks)
+
+    def close(self) -> None:
+        self._on_close()
+
+
 class ProxyApp:
     """The proxy as a WSGI callable.
 
     :param settings: process settings (body limit, ...).
     :param router: maps Host and target to a service.
     :param upstream: sends to the service's hosts.
+    :param observers: told about every finished request (the access log, the metrics).
 
     Every error the proxy makes is answered here, and only here, as JSON
     ``{"error": "..."}`` with the status its :class:`~wsgiproxy.errors.ProxyError`
     class carries; anything else is a bug, logged with its traceback, answered 500.
     """
 
-    def __init__(self, settings: Settings, router: Router, upstream: Upstream) -> None:
+    def __init__(self, settings: Settings, router: Router, upstream: Upstream,
+                 observers: Iterable[Callable[[Exchange, float], None]] = (log_access,)
+                 ) -> None:
         self.settings = settings
         self.router = router
         self.upstream = upstream
+        self.observers = tuple(observers)
 
     def __call__(self, environ: WSGIEnvironment,
                  start_response: StartResponse) -> Iterable[bytes]:
-        rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
+        exchange = Exchange(request_id=request_id(environ.get("HTTP_X_REQUEST_ID")),
+                            method=environ["REQUEST_METHOD"], path=raw_target(environ),
+                            client=environ.get("REMOTE_ADDR", ""))
         try:
-            return self._proxy(environ, start_response, rid)
+            return self._proxy(environ, start_response, exchange)
         except ProxyError as error:
-            logger.debug("request %s: %s %s", rid, error.status.value, error.message)
-            return self._error(start_response, error, rid)
+            logger.debug("request %s: %s %s", exchange.request_id, error.status.value,
+                         error.message)
+            return self._error(start_response, error, exchange)
         except Exception:
-            logger.exception("request %s: unexpected error", rid)
-            return self._error(start_response, InternalError("internal proxy error"), rid)
+            logger.exception("request %s: unexpected error", exchange.request_id)
+            return self._error(start_response, InternalError("internal proxy error"),
+                               exchange)
 
     def _proxy(self, environ: WSGIEnvironment, start_response: StartResponse,
-               rid: str) -> Iterable[bytes]:
+               exchange: Exchange) -> Iterable[bytes]:
         check_header_size(environ)
-        match = self.router.resolve(environ.get("HTTP_HOST"), raw_target(environ))
+        match = self.router.resolve(environ.get("HTTP_HOST"), exchange.path)
+        exchange.service, exchange.target = match.service.name, match.target
         body, length = read_request_body(environ, self.settings.max_request_body_bytes)
-        headers = upstream_headers(environ, match.host, rid, length)
-        exchange = Exchange(service=match.service.name, target=match.target, request_id=rid)
-        response = self.upstream.forward(
-            exchange, match.service, environ["REQUEST_METHOD"], headers, body)
+        headers = upstream_headers(environ, match.host, exchange.request_id, length)
+        response = self.upstream.forward(exchange, match.service, exchange.method, headers,
+                                         body)
         raw = response.raw
         try:
             out = client_headers(raw.headers.items(), connection=raw.headers.get("Connection"),
@@ -109,31 +135,44 @@ class ProxyApp:
             raw.close()
             raw.release_conn()
             raise
-        out.append(("X-Request-ID", rid))
+        out.append(("X-Request-ID", exchange.request_id))
+        exchange.status = raw.status
         start_response(_status_line(raw.status, raw.reason), out)
-        return UpstreamBody(raw, rid)
+        return UpstreamBody(raw, exchange, lambda: self._finished(exchange))
 
-    @staticmethod
-    def _error(start_response: StartResponse, error: ProxyError, rid: str) -> list[bytes]:
+    def _error(self, start_response: StartResponse, error: ProxyError,
+               exchange: Exchange) -> Iterable[bytes]:
         body = error_body(error.message)
         headers = [
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-store"),
-            ("X-Request-ID", rid),
+            ("X-Request-ID", exchange.request_id),
         ]
         if error.close_connection:
             # The request body may be unread: reusing the connection would read it as
             # the next request. Both servers close on an app's "Connection: close".
             headers.append(("Connection", "close"))
+        exchange.status = error.status.value
+        exchange.bytes_sent = len(body)
         start_response(_status_line(error.status.value, error.status.phrase), headers,
                        sys.exc_info())
-        return [body]
+        return FixedBody([body], lambda: self._finished(exchange))
+
+    def _finished(self, exchange: Exchange) -> None:
+        finished_at = time.perf_counter()
+        for observe in self.observers:
+            try:
+                observe(exchange, finished_at)
+            except Exception:
+                logger.exception("request %s: observer %r failed", exchange.request_id,
+                                 observe)
 
 
 def create_app(settings: Settings | None = None, routes: Routes | None = None) -> ProxyApp:
     """Build the app from the settings (environment/``.env``) and the routes file."""
     settings = load_settings() if settings is None else settings
+    configure_logging(settings.log_level)
     routes = load_routes(settings.configuration_filename) if routes is None else routes
     if "gunicorn" in sys.modules:
         from .gunicorn_server import adapt_gunicorn

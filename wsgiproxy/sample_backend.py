@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import gevent
+import gevent.socket
 from gevent import pywsgi
 
 if TYPE_CHECKING:
@@ -122,7 +123,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default=None, help="instance name (default: the port)")
     args = parser.parse_args(argv)
     name = args.name or str(args.port)
-    server = pywsgi.WSGIServer((args.address, args.port), SampleBackend(name), log=None)
+    # TCP_NODELAY on the listener (accepted sockets inherit it): pywsgi writes the head
+    # and the body in two sends, and Nagle would hold the body for the client's delayed
+    # ACK, ~40 ms per response.
+    listener = gevent.socket.socket()
+    listener.setsockopt(gevent.socket.SOL_SOCKET, gevent.socket.SO_REUSEADDR, 1)
+    listener.setsockopt(gevent.socket.IPPROTO_TCP, gevent.socket.TCP_NODELAY, 1)
+    listener.bind((args.address, args.port))
+    listener.listen(1024)
+    server = pywsgi.WSGIServer(listener, SampleBackend(name), log=None)
     print(f"sample backend {name!r} on http://{args.address}:{args.port}/", flush=True)
     try:
         server.serve_forever()

@@ -144,23 +144,25 @@ class UpstreamBody:
     away mid-response: the rest of the body is never read into the pool.
     """
 
-    __slots__ = ("_complete", "_raw", "bytes_sent", "request_id")
+    __slots__ = ("_complete", "_exchange", "_on_close", "_raw")
 
-    def __init__(self, raw: BaseHTTPResponse, request_id: str) -> None:
+    def __init__(self, raw: BaseHTTPResponse, exchange: Exchange,
+                 on_close: Callable[[], None]) -> None:
         self._raw = raw
+        self._exchange = exchange
+        self._on_close = on_close
         self._complete = False
-        self.bytes_sent = 0
-        self.request_id = request_id
 
     def __iter__(self) -> Iterator[bytes]:
         read1 = self._raw.read1
+        exchange = self._exchange
         try:
             while data := read1(CHUNK_BYTES, decode_content=False):
-                self.bytes_sent += len(data)
+                exchange.bytes_sent += len(data)
                 yield data
         except (HTTPError, OSError, http.client.HTTPException) as exc:
             logger.warning("request %s: upstream response broken off after %d bytes: %s",
-                           self.request_id, self.bytes_sent, exc)
+                           exchange.request_id, exchange.bytes_sent, exc)
             # Headers are out; the only honest signal left is to drop the client
             # connection without finishing the body. Both gunicorn and pywsgi treat
             # ECONNRESET from the app iterable as exactly that, quietly.
@@ -172,7 +174,9 @@ class UpstreamBody:
         raw = self._raw
         if not self._complete:
             raw.close()
+            self._exchange.complete = False
         raw.release_conn()
+        self._on_close()
 
 
 class Upstream:

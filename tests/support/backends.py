@@ -133,13 +133,14 @@ class HTTPBackend:
     :param respond: builds the reply to each request; default echoes it as JSON.
     """
 
-    def __init__(self, respond: Callable[[Seen], Reply] = echo, name: str = "") -> None:
+    def __init__(self, respond: Callable[[Seen], Reply] = echo, name: str = "",
+                 port: int = 0) -> None:
         self.respond = respond
         self.name = name
         self.seen: list[Seen] = []
         self.aborted: list[BaseException] = []
         self._lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.backend = self
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever,

@@ -8,6 +8,7 @@ Usage::
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -143,6 +144,21 @@ class ProxyProcess:
         import psutil
 
         return [c.pid for c in psutil.Process(self.pid).children()]
+
+    def access_log(self) -> list[dict]:
+        """The JSON access lines written so far (stdout and stderr share the file)."""
+        out = []
+        for line in self.log.splitlines():
+            if line.startswith("{") and '"attempts"' in line:
+                out.append(json.loads(line))
+        return out
+
+    def access(self, request_id: str, timeout: float = 10.0) -> dict:
+        """The access line of one request, waiting for it to be written."""
+        def find():
+            hits = [e for e in self.access_log() if e["request_id"] == request_id]
+            return hits[-1] if hits else None
+        return wait_until(find, timeout, message=f"access line of {request_id}")
 
     def wait_log(self, text: str, timeout: float = 10.0) -> str:
         return wait_until(lambda: text in self.log and self.log, timeout,

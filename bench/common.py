@@ -1,0 +1,172 @@
+"""Shared pieces of the benchmarks: processes started and stopped by PID, wrk runs.
+
+Everything listens on 127.0.0.1 on free ports; every process a benchmark starts is
+stopped by the PID it was given, whatever happens (``Processes`` is a context manager).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):
+            s.accept()[0].close()
+    return port
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
+def require(tool: str, package: str) -> str:
+    path = shutil.which(tool) or (f"/usr/sbin/{tool}" if os.path.exists(f"/usr/sbin/{tool}")
+                                  else None)
+    if not path:
+        raise SystemExit(f"{tool} is missing: install it with `apt-get install -y {package}`")
+    return path
+
+
+class Processes:
+    """Start processes in their own session; stop them all (by PID) on exit."""
+
+    def __init__(self) -> None:
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.workdir = Path(tempfile.mkdtemp(prefix="wsgiproxy-bench-"))
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+              port: int | None = None) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - lives with the process
+        proc = subprocess.Popen(argv, cwd=REPO, env={**os.environ, **(env or {})},
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        if port:
+            wait_port(port)
+        return proc
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs.pop(name)
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+
+def sample_backend(procs: Processes, name: str, port: int) -> None:
+    procs.start(name, [PYTHON, "-m", "wsgiproxy.sample_backend", "--port", str(port),
+                       "--name", name], port=port)
+
+
+def routes_file(workdir: Path, listen: int, domain: str, ports: list[int]) -> Path:
+    hosts = "\n".join(f'        - {{address: "127.0.0.1", port: {p}}}' for p in ports)
+    path = workdir / f"routes-{listen}.yaml"
+    path.write_text(f"""proxy:
+  listen: {{address: "127.0.0.1", port: {listen}}}
+  services:
+    - name: bench
+      domain: {domain}
+      hosts:
+{hosts}
+""")
+    return path
+
+
+def start_wsgiproxy(procs: Processes, name: str, port: int, routes: Path, *,
+                    server: str = "gunicorn", workers: int = 2,
+                    env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {"CONFIGURATION_FILENAME": str(routes), "METRICS_ADDR": "",
+           "WEB_CONCURRENCY": str(workers), **(env or {})}
+    if server == "gunicorn":
+        argv = [PYTHON, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
+                "--no-control-socket", "wsgiproxy:app"]
+    else:
+        argv = [PYTHON, "-m", "wsgiproxy"]
+    return procs.start(name, argv, env=env, port=port)
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    mib_s: float
+    requests: int
+    non_2xx: int
+    socket_errors: int
+    raw: str
+
+    @property
+    def failures(self) -> int:
+        return self.non_2xx + self.socket_errors
+
+
+def _ms(value: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value)
+    if not m:
+        return float("nan")
+    n, unit = float(m.group(1)), m.group(2)
+    return n * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit]
+
+
+def _mib(value: str) -> float:
+    m = re.fullmatch(r"([\d.]+)([KMG]?B)", value)
+    if not m:
+        return 0.0
+    return float(m.group(1)) * {"B": 1 / 2**20, "KB": 1 / 1024, "MB": 1, "GB": 1024}[m.group(2)]
+
+
+def wrk(url: str, *, seconds: float, connections: int, threads: int = 1,
+        headers: dict[str, str] | None = None, timeout: str = "10s") -> WrkResult:
+    argv = [require("wrk", "wrk"), "--latency", "-t", str(threads), "-c", str(connections),
+            "-d", f"{seconds}s", "--timeout", timeout]
+    for k, v in (headers or {}).items():
+        argv += ["-H", f"{k}: {v}"]
+    out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+    mib = _mib(re.search(r"Transfer/sec:\s+(\S+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                     out)
+    return WrkResult(rps, p50, p99, mib, total, int(non2xx.group(1)) if non2xx else 0,
+                     sum(map(int, sock.groups())) if sock else 0, out)
