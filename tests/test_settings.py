@@ -91,4 +91,5 @@ def test_a_bad_setting_stops_startup_with_one_line():
 
 
 def test_readme_shows_the_settings_table():
-    assert settings_table() in (REPO / "README.md").read_text()
+    assert settings_table() in (REPO / "README.md").read_text(), \
+        "run: .venv/bin/python scripts/readme_settings.py"

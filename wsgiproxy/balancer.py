@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from cachecontrol.adapter import CacheControlAdapter
 from requests.adapters import HTTPAdapter
 from requests.models import Response
 
+from .cache_policy import SharedCacheAdapter
 from .exchange import current_exchange
 from .transport import UpstreamConnectionPool
 
@@ -135,27 +135,29 @@ class ProxyHTTPAdapter(HTTPAdapter):
         return response
 
 
-class RoundRobinAdapter(CacheControlAdapter, ProxyHTTPAdapter):
+class RoundRobinAdapter(SharedCacheAdapter, ProxyHTTPAdapter):
     """The adapter of one service: CacheControl on top, urllib3 ``Retry`` below,
     and every request's connection taken from the pool of the next host in turn.
 
-    The MRO is RoundRobinAdapter → CacheControlAdapter → ProxyHTTPAdapter →
-    HTTPAdapter, so a cache hit returns before a host is picked.
+    The MRO is RoundRobinAdapter → SharedCacheAdapter → CacheControlAdapter →
+    ProxyHTTPAdapter → HTTPAdapter, so a cache hit returns before a host is picked.
 
     :param balancer: the service's :class:`RoundRobin`.
-    :param kwargs: passed on to :class:`~cachecontrol.adapter.CacheControlAdapter`
-        (``cache``, ``controller_class``, ``serializer``, ``cacheable_methods``) and from
-        there to ``HTTPAdapter`` (``max_retries``, ``pool_maxsize``, ...).
+    :param kwargs: passed on to :class:`~wsgiproxy.cache_policy.SharedCacheAdapter`
+        (``cache``, ``ttl``, ``max_object_bytes``) and from there to ``HTTPAdapter``
+        (``max_retries``, ``pool_maxsize``, ...).
 
     Usage::
 
-        adapter = RoundRobinAdapter(RoundRobin(service.hosts, 10), max_retries=retry)
+        adapter = RoundRobinAdapter(RoundRobin(service.hosts, 10), cache=None,
+                                    max_retries=retry)
         session.mount(f"http://{service.domain}/", adapter)
     """
 
     def __init__(self, balancer: RoundRobin, **kwargs: Any) -> None:
         self.balancer = balancer
         kwargs.setdefault("pool_connections", len(balancer.hosts))
+        kwargs.setdefault("cache", None)
         super().__init__(**kwargs)
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False,

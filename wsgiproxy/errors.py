@@ -21,6 +21,7 @@ __all__ = [
     "InternalError",
     "NotImplementedByProxy",
     "NoHostReachable",
+    "NotCached",
     "NotFound",
     "ProxyError",
     "URITooLong",
@@ -92,6 +93,12 @@ class NoHostReachable(BadGateway):
 
 class UpstreamTimeout(ProxyError):
     """The host accepted the request but did not answer within the read timeout."""
+
+    status = HTTPStatus.GATEWAY_TIMEOUT
+
+
+class NotCached(ProxyError):
+    """``Cache-Control: only-if-cached`` and nothing fresh stored (RFC 9111 §5.2.1.7)."""
 
     status = HTTPStatus.GATEWAY_TIMEOUT
 

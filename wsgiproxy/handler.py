@@ -135,10 +135,21 @@ class ProxyApp:
             raw.close()
             raw.release_conn()
             raise
+        from_cache = getattr(response, "from_cache", False)
+        if self.upstream.caching and exchange.method in ("GET", "HEAD"):
+            exchange.cache = ("revalidated" if getattr(response, "revalidated", False)
+                              else "hit" if from_cache else "miss")
+        out.append(("X-Cache", "HIT" if from_cache else "MISS"))
         out.append(("X-Request-ID", exchange.request_id))
         exchange.status = raw.status
         start_response(_status_line(raw.status, raw.reason), out)
-        return UpstreamBody(raw, exchange, lambda: self._finished(exchange))
+        if from_cache:
+            # A hit did no I/O, so this greenlet never yielded. Under keep-alive load it
+            # could serve hit after hit while other connections wait: yield once (a
+            # gevent.sleep(0) once the standard library is patched).
+            time.sleep(0)
+        return UpstreamBody(raw, exchange, lambda: self._finished(exchange),
+                            send_body=exchange.method != "HEAD")
 
     def _error(self, start_response: StartResponse, error: ProxyError,
                exchange: Exchange) -> Iterable[bytes]:

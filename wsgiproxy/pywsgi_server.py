@@ -141,6 +141,28 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
         else:
             self.content_length = None
 
+    def run_application(self) -> None:
+        try:
+            super().run_application()
+        finally:
+            if self.close_connection:
+                # pywsgi would next read and discard the rest of the request body, so a
+                # 413 would wait for (and read) the very body it refused. The connection
+                # is closing: nothing more of it needs reading.
+                body = self.wsgi_input
+                body.content_length, body.chunked_input = body.position, False
+
+    def handle_one_response(self) -> None:
+        super().handle_one_response()
+        if self.close_connection:
+            # pywsgi's handle() ends with a blocking recv() to drain the socket before it
+            # closes it; a client waiting for the end of a "Connection: close" response
+            # would wait forever. Half-close now: the client sees EOF at once.
+            try:
+                self.socket.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
     def finalize_headers(self) -> None:
         super().finalize_headers()
         if self.command == "HEAD" and self.response_use_chunked:

@@ -132,6 +132,9 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "LRU bound of the in-memory cache"),
     Setting("CACHE_MAX_OBJECT_BYTES", "1048576", _non_negative_int,
             "larger responses stream through and are not stored"),
+    Setting("CACHE_MAX_BYTES", "268435456", _positive_int,
+            "byte bound of the in-memory cache (bodies, headers and an estimate of "
+            "overhead), per worker"),
     Setting("UPSTREAM_CONNECT_TIMEOUT_SECONDS", "2", _positive_float,
             "connect timeout per attempt"),
     Setting("UPSTREAM_READ_TIMEOUT_SECONDS", "30", _positive_float,
@@ -157,6 +160,7 @@ class Settings:
     cache_url: str
     cache_max_entries: int
     cache_max_object_bytes: int
+    cache_max_bytes: int
     upstream_connect_timeout_seconds: float
     upstream_read_timeout_seconds: float
     host_eject_seconds: float

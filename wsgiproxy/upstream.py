@@ -35,12 +35,13 @@ from urllib3.util import Retry, Timeout
 
 from .balancer import RoundRobin, RoundRobinAdapter
 from .bodies import ClientBodyError
+from .cache import make_cache
 from .errors import BadGateway, BadRequest, NoHostReachable, ProxyError, UpstreamTimeout
 from .exchange import Outcome, current_exchange
 from .transport import RETRYABLE_STATUSES, classify_error
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterator
 
     from urllib3.response import BaseHTTPResponse
 
@@ -144,18 +145,22 @@ class UpstreamBody:
     away mid-response: the rest of the body is never read into the pool.
     """
 
-    __slots__ = ("_complete", "_exchange", "_on_close", "_raw")
+    __slots__ = ("_complete", "_exchange", "_on_close", "_raw", "_send_body")
 
     def __init__(self, raw: BaseHTTPResponse, exchange: Exchange,
-                 on_close: Callable[[], None]) -> None:
+                 on_close: Callable[[], None], send_body: bool = True) -> None:
         self._raw = raw
         self._exchange = exchange
         self._on_close = on_close
         self._complete = False
+        self._send_body = send_body
 
     def __iter__(self) -> Iterator[bytes]:
         read1 = self._raw.read1
         exchange = self._exchange
+        if not self._send_body:  # HEAD: a HEAD answered from a stored GET has a body
+            self._complete = True
+            return
         try:
             while data := read1(CHUNK_BYTES, decode_content=False):
                 exchange.bytes_sent += len(data)
@@ -172,7 +177,7 @@ class UpstreamBody:
 
     def close(self) -> None:
         raw = self._raw
-        if not self._complete:
+        if not self._complete or not self._send_body:
             raw.close()
             self._exchange.complete = False
         raw.release_conn()
@@ -184,7 +189,8 @@ class Upstream:
 
     :param services: from the routes file; one adapter is mounted per domain.
     :param settings: timeouts, retry counts, ejection time.
-    :param adapter_kwargs: extra :class:`RoundRobinAdapter` arguments (the cache).
+    :param host_listener: told when a host goes down or comes back (a metric).
+    :param cache_errors: told about each failed operation of a Redis cache (a metric).
 
     Usage::
 
@@ -196,8 +202,8 @@ class Upstream:
         self,
         services: tuple[Service, ...],
         settings: Settings,
-        adapter_kwargs: Mapping[str, Any] | None = None,
         host_listener: ServiceHostListener | None = None,
+        cache_errors: Callable[[str], None] | None = None,
     ) -> None:
         self._forward_retries = settings.max_forward_retries
         self._timeout = Timeout(connect=settings.upstream_connect_timeout_seconds,
@@ -207,12 +213,17 @@ class Upstream:
         self.session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
         self.session.adapters.clear()  # nothing but the services' domains is reachable
         retry = build_retry(settings)
+        #: One store for every service: keys start with the service's domain.
+        self.cache = make_cache(settings, cache_errors)
+        self.caching = self.cache is not None
+        cache_kwargs = {"cache": self.cache, "ttl": settings.http_cache_ttl_seconds,
+                        "max_object_bytes": settings.cache_max_object_bytes}
         self._adapters: dict[str, RoundRobinAdapter] = {}
         for service in services:
             balancer = RoundRobin(service.hosts, settings.host_eject_seconds,
                                   listener=_for_service(host_listener, service.name))
-            adapter = RoundRobinAdapter(balancer, max_retries=retry,
-                                        pool_maxsize=POOL_MAXSIZE, **(adapter_kwargs or {}))
+            adapter = RoundRobinAdapter(balancer, max_retries=retry, pool_maxsize=POOL_MAXSIZE,
+                                        **cache_kwargs)
             self.session.mount(f"http://{service.domain}/", adapter)
             self._adapters[service.domain] = adapter
 
@@ -247,9 +258,7 @@ class Upstream:
         error: BaseException | None = None
         for _ in range(1 + self._forward_retries):
             try:
-                # HTTPAdapter takes a urllib3 Timeout as is; CacheControl's hint is narrower.
-                response = adapter.send(request, stream=True,
-                                        timeout=self._timeout)  # type: ignore[arg-type]
+                response = adapter.send(request, stream=True, timeout=self._timeout)
             except (requests.RequestException, HTTPError, OSError,
                     http.client.HTTPException) as exc:
                 cause = _cause(exc)
