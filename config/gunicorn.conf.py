@@ -1,33 +1,47 @@
 """Production gunicorn settings: ``gunicorn -c config/gunicorn.conf.py wsgiproxy:app``.
 
-Every value can be overridden on the command line or with the environment variables
-named below. Settings of the proxy itself (retries, cache, ...) are read by the app
-from the environment or ``.env``; see the README.
+The proxy's own settings (retries, cache, GRACEFUL_TIMEOUT, ...) come from the
+environment or ``.env``, as for ``python -m wsgiproxy``; see the README. Values here can
+be overridden on gunicorn's command line.
 """
 
-import multiprocessing
 import os
+import tempfile
 
-from wsgiproxy.gunicorn_server import check_config_or_exit
+# prometheus-client picks multiprocess mode when it is first imported, so the directory
+# must be in the environment before anything imports it (the workers inherit it).
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="wsgiproxy-metrics-")
+
+from wsgiproxy.gunicorn_server import (
+    check_config_or_exit,
+    child_exit,
+    on_starting,
+    post_fork,
+    when_ready,
+)
 
 # A bad setting or routes file stops here, in the master, with one line (exit 2).
-_routes = check_config_or_exit()
+_settings, _routes = check_config_or_exit()
 
-# gevent: each request is a greenlet, so a worker waits on many hosts at once.
-worker_class = "gevent"
+# gevent: each request is a greenlet, so a worker waits on many hosts at once. The
+# proxy's subclass also closes idle keep-alive connections at shutdown.
+worker_class = "wsgiproxy.gunicorn_server.GeventWorker"
 # One worker per core (WEB_CONCURRENCY, gunicorn's own variable, overrides).
-workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
+workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 1))
 # Greenlets per worker: concurrent client connections a worker will hold.
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", 1000))
 
-# Listen where the routes file says; a PaaS hands the port in PORT instead; -b wins over both.
-bind = [f"0.0.0.0:{os.environ['PORT']}"] if os.environ.get("PORT") else [_routes.listen.netloc]
+# Listen where the routes file says; a PaaS hands the port in PORT; -b wins over both.
+_port = os.environ.get("PORT")
+bind = [f"0.0.0.0:{_port}"] if _port else [_routes.listen.netloc]
 
-# A request in flight when SIGTERM arrives may take this long to finish.
-graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", 30))
+# On SIGTERM: stop accepting, let requests in flight finish for up to this long.
+graceful_timeout = _settings.graceful_timeout
 # A worker silent this long is killed and replaced (gevent workers heartbeat from the hub).
 timeout = 60
-# Idle keep-alive connections from clients (or a load balancer) stay open this long.
+# Idle keep-alive connections from clients (or a load balancer) stay open this long; keep
+# it above your load balancer's idle timeout (60 s on AWS ALB, GCP LB: 600 s).
 keepalive = int(os.environ.get("KEEPALIVE_SECONDS", 75))
 
 # Request limits: 8 KiB lines (SPEC §9); the 64 KiB header total is checked by the app.
@@ -47,3 +61,5 @@ errorlog = "-"
 # balancer in front, say). gunicorn trusts 127.0.0.1 by default, which would let any
 # local client claim https; the proxy trusts no one unless told.
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "")
+
+__all__ = ["child_exit", "on_starting", "post_fork", "when_ready"]

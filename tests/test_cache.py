@@ -229,7 +229,7 @@ def test_a_chunked_response_is_stored_with_its_length(shared, described, path):
             s.trust_env = False
             first = s.get(p.url("/proxy/c"), headers={"Host": DOMAIN})
             second = s.get(p.url("/proxy/c"), headers={"Host": DOMAIN})
-        p.stop()  # TODO(issue 5): idle keep-alive connections must not delay shutdown
+        p.stop()
     finally:
         chunked.stop()
     assert first.content == second.content == b"part1,part2"

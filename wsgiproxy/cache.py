@@ -26,9 +26,9 @@ import cachetools
 import msgpack
 import redis
 from cachecontrol.cache import BaseCache
+from cachecontrol.caches.redis_cache import RedisCache as CacheControlRedisCache
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from cachecontrol.caches.redis_cache import RedisCache as CacheControlRedisCache
 
 if TYPE_CHECKING:
     from collections.abc import Callable

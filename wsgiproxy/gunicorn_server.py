@@ -1,5 +1,18 @@
-"""gunicorn integration: server hooks for ``config/gunicorn.conf.py``, and the two
-places where gunicorn's own answers would differ from the proxy's.
+"""gunicorn integration: the worker class and server hooks ``config/gunicorn.conf.py``
+uses, and the two places where gunicorn's own answers would differ from the proxy's.
+
+In the master (hooks):
+
+* :func:`on_starting` empties PROMETHEUS_MULTIPROC_DIR (files of an earlier run would be
+  summed in); :func:`child_exit` marks a dead worker's files (its live gauges go away).
+* :func:`when_ready` starts the one metrics/health server (in a thread of the master)
+  and makes SIGTERM, SIGINT and SIGQUIT flip ``/readyz`` to 503 before anything else.
+* :func:`post_fork` closes that server's socket in each worker.
+
+In each worker, :class:`GeventWorker` is gunicorn's gevent worker that, at shutdown,
+closes keep-alive connections waiting for their next request. gunicorn waits for every
+connection to end, and an idle one ends only after ``keepalive`` seconds: without this a
+stop would take the whole graceful timeout whenever a client kept a connection open.
 
 :func:`adapt_gunicorn` runs in each worker when the app is built (so it applies to
 ``gunicorn -k gevent wsgiproxy:app`` as well as to the production config):
@@ -21,17 +34,24 @@ before it serves: gunicorn offers no hook for either.
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
+from pathlib import Path
 from typing import Any
+
+import gevent
+from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
 
 from .errors import ConfigError, raw_error_response
 from .routes import Routes, load_routes
-from .settings import load_settings
+from .settings import Settings, load_settings
 
-__all__ = ["adapt_gunicorn", "check_config_or_exit"]
+__all__ = ["GeventWorker", "adapt_gunicorn", "check_config_or_exit", "child_exit",
+           "on_starting", "post_fork", "when_ready"]
 
 
-def check_config_or_exit() -> Routes:
+def check_config_or_exit() -> tuple[Settings, Routes]:
     """Validate settings and routes in the master, before any worker starts.
 
     A bad value then ends gunicorn with one line and exit status 2, instead of every
@@ -39,7 +59,7 @@ def check_config_or_exit() -> Routes:
     """
     try:
         settings = load_settings()
-        return load_routes(settings.configuration_filename)
+        return settings, load_routes(settings.configuration_filename)
     except ConfigError as error:
         print(f"wsgiproxy: {error}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -80,3 +100,85 @@ def adapt_gunicorn() -> None:
 
     wsgi.Response = ProxyResponse
     util.write_error = _write_json_error
+
+
+class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
+    """gunicorn's gevent worker, closing idle keep-alive connections when it stops."""
+
+    def init_process(self) -> None:
+        self._busy: dict[socket.socket, bool] = {}  # open connection -> in a request
+        super().init_process()
+
+    def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
+        self._busy[client] = False
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            self._busy.pop(client, None)
+
+    def handle_request(self, listener_name: Any, req: Any, sock: socket.socket,
+                       addr: Any) -> Any:
+        self._busy[sock] = True
+        try:
+            return super().handle_request(listener_name, req, sock, addr)
+        finally:
+            if sock in self._busy:
+                self._busy[sock] = False
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)  # alive = False: new requests get Connection: close
+        gevent.spawn(self._close_idle)
+
+    def _close_idle(self) -> None:
+        while self._busy:
+            for sock, busy in list(self._busy.items()):
+                if not busy:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+            gevent.sleep(0.05)
+
+
+# -- master hooks ------------------------------------------------------------------------
+def on_starting(server: Any) -> None:
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+
+
+def when_ready(server: Any) -> None:
+    from .admin import AdminApp, Readiness, serve_in_thread
+    from .metrics import exposition
+
+    settings, _ = check_config_or_exit()
+    readiness = Readiness()
+    server.wsgiproxy_admin = None
+    if settings.metrics_addr:
+        server.wsgiproxy_admin = serve_in_thread(settings.metrics_addr,
+                                                 AdminApp(readiness, exposition))
+        server.log.info("metrics and health on http://%s:%d/", *settings.metrics_addr)
+    for name in ("handle_term", "handle_int", "handle_quit"):
+        original = getattr(server, name)
+
+        def flip_then(original: Any = original) -> Any:
+            readiness.shutting_down()
+            return original()
+
+        setattr(server, name, flip_then)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    admin = getattr(server, "wsgiproxy_admin", None)
+    if admin is not None:
+        admin.socket.close()  # the master's; a worker must not hold it open
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

@@ -21,11 +21,14 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+from prometheus_client import REGISTRY
+
 from .bodies import read_request_body
 from .errors import InternalError, ProxyError, error_body
 from .exchange import Exchange
 from .headers import check_header_size, client_headers, request_id, upstream_headers
 from .logs import configure_logging, log_access
+from .metrics import Metrics
 from .routes import Routes, load_routes
 from .routing import Router
 from .settings import Settings, load_settings
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["ProxyApp", "create_app", "raw_target"]
 
@@ -87,7 +91,7 @@ class ProxyApp:
     :param settings: process settings (body limit, ...).
     :param router: maps Host and target to a service.
     :param upstream: sends to the service's hosts.
-    :param observers: told about every finished request (the access log, the metrics).
+    :param metrics: counts every request; None records nothing (the access log is kept).
 
     Every error the proxy makes is answered here, and only here, as JSON
     ``{"error": "..."}`` with the status its :class:`~wsgiproxy.errors.ProxyError`
@@ -95,18 +99,19 @@ class ProxyApp:
     """
 
     def __init__(self, settings: Settings, router: Router, upstream: Upstream,
-                 observers: Iterable[Callable[[Exchange, float], None]] = (log_access,)
-                 ) -> None:
+                 metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.router = router
         self.upstream = upstream
-        self.observers = tuple(observers)
+        self.metrics = metrics
 
     def __call__(self, environ: WSGIEnvironment,
                  start_response: StartResponse) -> Iterable[bytes]:
         exchange = Exchange(request_id=request_id(environ.get("HTTP_X_REQUEST_ID")),
                             method=environ["REQUEST_METHOD"], path=raw_target(environ),
                             client=environ.get("REMOTE_ADDR", ""))
+        if self.metrics is not None:
+            self.metrics.started()
         try:
             return self._proxy(environ, start_response, exchange)
         except ProxyError as error:
@@ -171,17 +176,22 @@ class ProxyApp:
         return FixedBody([body], lambda: self._finished(exchange))
 
     def _finished(self, exchange: Exchange) -> None:
+        """The response has ended (or was broken off): log it and count it, once."""
         finished_at = time.perf_counter()
-        for observe in self.observers:
-            try:
-                observe(exchange, finished_at)
-            except Exception:
-                logger.exception("request %s: observer %r failed", exchange.request_id,
-                                 observe)
+        try:
+            log_access(exchange, finished_at)
+            if self.metrics is not None:
+                self.metrics.finished(exchange, finished_at)
+        except Exception:
+            logger.exception("request %s: recording the request failed", exchange.request_id)
 
 
-def create_app(settings: Settings | None = None, routes: Routes | None = None) -> ProxyApp:
-    """Build the app from the settings (environment/``.env``) and the routes file."""
+def create_app(settings: Settings | None = None, routes: Routes | None = None,
+               registry: CollectorRegistry | None = None) -> ProxyApp:
+    """Build the app from the settings (environment/``.env``) and the routes file.
+
+    :param registry: where the metrics go; the process-wide default when None.
+    """
     settings = load_settings() if settings is None else settings
     configure_logging(settings.log_level)
     routes = load_routes(settings.configuration_filename) if routes is None else routes
@@ -189,5 +199,7 @@ def create_app(settings: Settings | None = None, routes: Routes | None = None) -
         from .gunicorn_server import adapt_gunicorn
 
         adapt_gunicorn()
-    upstream = Upstream(routes.services, settings)
-    return ProxyApp(settings, Router(routes.services), upstream)
+    metrics = Metrics(routes.services, registry or REGISTRY)
+    upstream = Upstream(routes.services, settings, host_listener=metrics.host_state,
+                        cache_errors=metrics.cache_error)
+    return ProxyApp(settings, Router(routes.services), upstream, metrics)

@@ -22,6 +22,7 @@ import re
 import signal
 import socket
 import sys
+import time
 from typing import TYPE_CHECKING, Any, Final
 
 import gevent
@@ -62,16 +63,28 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
     """A pywsgi handler that parses requests as strictly as the proxy needs."""
 
     response_use_chunked: bool
+    server: ProxyServer
 
     def handle(self) -> None:
         try:
             self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:  # a unix socket, or already closed
             pass
-        super().handle()
+        self.server.connections.add(self)
+        try:
+            super().handle()
+        finally:
+            self.server.connections.discard(self)
+            self.server.idle.discard(self)
 
     def read_requestline(self) -> str:
-        line: bytes = self.rfile.readline(MAX_REQUEST_LINE + 1)
+        if self.server.draining:
+            return ""  # shutting down: no further request on this connection
+        self.server.idle.add(self)
+        try:
+            line: bytes = self.rfile.readline(MAX_REQUEST_LINE + 1)
+        finally:
+            self.server.idle.discard(self)
         if len(line) > MAX_REQUEST_LINE:
             # pywsgi would answer its own plain-text 414; hand read_request a marker
             # so the 414 comes from _handle_client_error, as JSON.
@@ -191,24 +204,70 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
             pass
         self.close_connection = True
 
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Any:
+        if self.server.draining and not any(k.lower() == "connection" for k, _ in headers):
+            headers = [*headers, ("Connection", "close")]  # tell the client, then close
+        return super().start_response(status, headers, exc_info)
+
+    def close_idle(self) -> None:
+        """End a keep-alive connection that is waiting for its next request."""
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass
+
     def get_environ(self) -> dict[str, Any]:
         env: dict[str, Any] = super().get_environ()
         env["RAW_URI"] = self.path
         return env
 
 
-def serve(app: Any, listen: Endpoint) -> pywsgi.WSGIServer:
+class ProxyServer(pywsgi.WSGIServer):  # type: ignore[misc]
+    """pywsgi's server, able to stop gracefully.
+
+    ``WSGIServer.stop(timeout)`` waits for every connection, and an idle keep-alive
+    connection only ends when its client closes it: a stop would always run into the
+    timeout. :meth:`drain` closes idle connections, lets requests in flight finish (their
+    responses say ``Connection: close``) and gives up at the deadline.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connections: set[ProxyHandler] = set()
+        self.idle: set[ProxyHandler] = set()
+        self.draining = False
+
+    def drain(self, grace: float) -> bool:
+        """Stop accepting and wait for in-flight requests; True if all finished in time."""
+        self.draining = True
+        self.close()  # the listening socket: new connections are refused from now on
+        deadline = time.monotonic() + grace
+        while self.connections:
+            for handler in list(self.idle):
+                handler.close_idle()
+            if time.monotonic() > deadline:
+                logger.warning("graceful timeout: %d connections still open",
+                               len(self.connections))
+                return False
+            gevent.sleep(0.05)
+        return True
+
+
+def serve(app: Any, listen: Endpoint) -> ProxyServer:
     """A started pywsgi server for ``app`` on ``listen``."""
-    server = pywsgi.WSGIServer((listen.address, listen.port), app,
-                               handler_class=ProxyHandler, log=None, error_log=logger)
+    server = ProxyServer((listen.address, listen.port), app, handler_class=ProxyHandler,
+                         log=None, error_log=logger)
     server.start()
     return server
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run until SIGTERM or SIGINT; a bad setting or routes file exits 2 with one line."""
+    """Run until SIGTERM or SIGINT, then drain; a bad setting or routes file exits 2."""
+    from .admin import AdminApp, Readiness
     from .handler import create_app
     from .logs import configure_logging
+    from .metrics import exposition
 
     try:
         settings = load_settings()
@@ -218,19 +277,27 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"wsgiproxy: {error}", file=sys.stderr)
         return 2
+    readiness = Readiness()
     try:
         server = serve(app, routes.listen)
+        admin = None
+        if settings.metrics_addr:
+            admin = pywsgi.WSGIServer(settings.metrics_addr, AdminApp(readiness, exposition),
+                                      log=None, error_log=logger)
+            admin.start()
     except OSError as error:
-        print(f"wsgiproxy: cannot listen on {routes.listen}: {error.strerror}",
-              file=sys.stderr)
+        print(f"wsgiproxy: cannot listen: {error}", file=sys.stderr)
         return 1
-    logger.info("wsgiproxy listening on %s (pywsgi), %d services",
-                routes.listen, len(routes.services))
+    logger.info("wsgiproxy listening on %s (pywsgi), %d services, metrics on %s",
+                routes.listen, len(routes.services), settings.metrics_addr)
     stopping = gevent.event.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stopping.set)
     stopping.wait()
-    logger.info("shutting down")
-    server.stop(timeout=5)
+    readiness.shutting_down()
+    finished = server.drain(settings.graceful_timeout)
+    logger.info("stopped (%s)", "all requests finished" if finished else "graceful timeout")
+    if admin is not None:
+        admin.stop(timeout=1)
     app.upstream.close()
     return 0

@@ -143,6 +143,9 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "how long a host that refused a connection is skipped"),
     Setting("MAX_REQUEST_BODY_BYTES", "10485760", _non_negative_int,
             "larger request bodies get 413 and never reach a backend"),
+    Setting("GRACEFUL_TIMEOUT", "30", _positive_int,
+            "seconds that requests in flight get to finish after SIGTERM, before the "
+            "process exits"),
     Setting("LOG_LEVEL", "INFO", _log_level,
             "level of the application log (the access log is always written)"),
 )
@@ -165,6 +168,7 @@ class Settings:
     upstream_read_timeout_seconds: float
     host_eject_seconds: float
     max_request_body_bytes: int
+    graceful_timeout: int
     log_level: str
 
     @property

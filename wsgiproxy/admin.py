@@ -1,0 +1,107 @@
+"""The metrics and health server on METRICS_ADDR, separate from the proxy's port.
+
+* ``GET /metrics`` — Prometheus text format (:func:`wsgiproxy.metrics.exposition`).
+* ``GET /healthz`` — 200 while the process is alive (a liveness probe).
+* ``GET /readyz`` — 200 while serving, 503 from the moment shutdown begins (a readiness
+  probe: the load balancer stops sending before the listener closes).
+
+Under ``python -m wsgiproxy`` it is a second gevent server in the same process; under
+gunicorn it runs once, in the master, in a thread (the master is not monkey-patched),
+so there is exactly one metrics server however many workers there are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+__all__ = ["AdminApp", "Readiness", "serve_in_thread"]
+
+logger = logging.getLogger(__name__)
+
+
+class Readiness:
+    """Whether the process should be sent traffic; flips once, at shutdown."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    @property
+    def ready(self) -> bool:
+        return not self._event.is_set()
+
+    def shutting_down(self) -> None:
+        if not self._event.is_set():
+            logger.info("shutting down: /readyz now answers 503")
+        self._event.set()
+
+
+class AdminApp:
+    """WSGI app of the metrics/health server.
+
+    :param readiness: flipped when shutdown begins.
+    :param collect: returns the metrics text (summed over workers under gunicorn).
+    """
+
+    def __init__(self, readiness: Readiness, collect: Callable[[], bytes]) -> None:
+        self.readiness = readiness
+        self.collect = collect
+
+    def __call__(self, environ: WSGIEnvironment,
+                 start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return self._answer(start_response, "405 Method Not Allowed",
+                                {"error": "only GET and HEAD"}, [("Allow", "GET, HEAD")])
+        if path == "/metrics":
+            body = self.collect()
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
+        if path == "/healthz":
+            return self._answer(start_response, "200 OK", {"status": "alive"})
+        if path == "/readyz":
+            if self.readiness.ready:
+                return self._answer(start_response, "200 OK", {"status": "ready"})
+            return self._answer(start_response, "503 Service Unavailable",
+                                {"status": "shutting down"})
+        return self._answer(start_response, "404 Not Found",
+                            {"error": "not found: try /metrics, /healthz or /readyz"})
+
+    @staticmethod
+    def _answer(start_response: StartResponse, status: str, data: dict[str, str],
+                extra: list[tuple[str, str]] | None = None) -> list[bytes]:
+        body = json.dumps(data).encode()
+        start_response(status, [("Content-Type", "application/json"),
+                                ("Content-Length", str(len(body))),
+                                ("Cache-Control", "no-store"), *(extra or [])])
+        return [body]
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def serve_in_thread(addr: tuple[str, int], app: AdminApp) -> WSGIServer:
+    """Serve ``app`` from a daemon thread (for gunicorn's master); returns the server."""
+    server = make_server(addr[0], addr[1], app, _ThreadingServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="wsgiproxy-admin",
+                     daemon=True).start()
+    return server

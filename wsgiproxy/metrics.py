@@ -1,0 +1,144 @@
+"""Prometheus metrics of the proxy (SPEC §8), and their exposition.
+
+Labels stay bounded: services come from the routes file (requests that match none are
+``service="unrouted"``, never the client's Host), hosts from the routes file, methods
+from a fixed list (anything else is ``OTHER``), outcomes and cache results from fixed
+sets. No raw path ever becomes a label.
+
+Under gunicorn every worker writes its values to files in PROMETHEUS_MULTIPROC_DIR
+(prometheus-client's multiprocess mode, chosen when prometheus_client is first imported,
+which is why ``config/gunicorn.conf.py`` sets the variable before anything imports it),
+and the single metrics server in the master sums them (:func:`exposition`).
+
+Usage::
+
+    metrics = Metrics(services=["my-service"])
+    app = ProxyApp(settings, router, upstream, metrics)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Final
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from .logs import UNROUTED
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from .exchange import Exchange
+    from .routes import Backend, Service
+
+__all__ = ["BUCKETS", "METHODS", "Metrics", "exposition"]
+
+#: Seconds: sub-millisecond cache hits up to a minute-long stream.
+BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                  1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS",
+                            "TRACE", "CONNECT"})
+CACHE_RESULTS: Final = ("hit", "revalidated", "miss")
+
+
+class Metrics:
+    """Every metric the proxy exports, registered once on ``registry``.
+
+    :param services: from the routes file; their hosts' ``up`` gauges start at 1.
+    :param registry: the default registry in production; tests pass a fresh one.
+    """
+
+    def __init__(self, services: Iterable[Service] = (),
+                 registry: CollectorRegistry = REGISTRY) -> None:
+        def counter(name: str, doc: str, labels: list[str]) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        def histogram(name: str, doc: str) -> Histogram:
+            return Histogram(name, doc, ["service"], buckets=BUCKETS, registry=registry)
+
+        self.requests = counter("proxy_requests", "Requests answered, by service, method "
+                                "and status code.", ["service", "method", "code"])
+        self.duration = histogram("proxy_request_duration_seconds",
+                                  "Request received to response finished.")
+        self.request_processing = histogram(
+            "proxy_request_processing_seconds",
+            "Request received to request forwarded to a host (the proxy's own work on "
+            "the way in, including body upload and failed attempts).")
+        self.response_processing = histogram(
+            "proxy_response_processing_seconds",
+            "Host's response head received to response finished (the way out, "
+            "including streaming the body to the client).")
+        self.attempts = counter("proxy_upstream_attempts", "Attempts to send a request to "
+                                "a host, by how they ended.", ["service", "host", "outcome"])
+        self.cache = counter("proxy_cache_requests", "Cache lookups by result (hit, "
+                             "revalidated, miss).", ["service", "result"])
+        self.cache_errors = counter("proxy_cache_errors", "Failed operations of the "
+                                    "shared (Redis) cache.", ["operation"])
+        self.host_up = Gauge("proxy_upstream_host_up", "1 while a host is in rotation, 0 "
+                             "while it is ejected after refusing connections (the lowest "
+                             "over live workers).", ["service", "host"], registry=registry,
+                             multiprocess_mode="livemin")
+        self.in_flight = Gauge("proxy_requests_in_flight", "Requests being served.",
+                               registry=registry, multiprocess_mode="livesum")
+        self._children: dict[tuple[Any, ...], Any] = {}
+        for service in services:
+            for host in service.hosts:
+                self.host_up.labels(service.name, str(host)).set(1)
+            for result in CACHE_RESULTS:
+                self.cache.labels(service.name, result)
+        for operation in ("get", "set", "delete"):
+            self.cache_errors.labels(operation)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, memoised without a lock (no switch can happen)."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def started(self) -> None:
+        self.in_flight.inc()
+
+    def finished(self, exchange: Exchange, finished_at: float) -> None:
+        """Record one finished request."""
+        self.in_flight.dec()
+        service = exchange.service or UNROUTED
+        method = exchange.method if exchange.method in METHODS else "OTHER"
+        self._child(self.requests, service, method, str(exchange.status)).inc()
+        self._child(self.duration, service).observe(finished_at - exchange.received_at)
+        if exchange.forwarded_at:
+            self._child(self.request_processing, service).observe(
+                exchange.forwarded_at - exchange.received_at)
+        if exchange.answered_at:
+            self._child(self.response_processing, service).observe(
+                finished_at - exchange.answered_at)
+        for attempt in exchange.attempts:
+            self._child(self.attempts, service, attempt.host, attempt.outcome).inc()
+        if exchange.cache:
+            self._child(self.cache, service, exchange.cache).inc()
+
+    def host_state(self, service: str, host: Backend, up: bool) -> None:
+        self._child(self.host_up, service, str(host)).set(1 if up else 0)
+
+    def cache_error(self, operation: str) -> None:
+        self._child(self.cache_errors, operation).inc()
+
+
+def exposition() -> bytes:
+    """The text format of every metric: summed over gunicorn's workers when
+    PROMETHEUS_MULTIPROC_DIR is set, this process's otherwise."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
