@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-runtime.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run gunicorn demo test lint clean
+.PHONY: install run gunicorn demo test lint load-test docker-build clean
 
 $(STAMP): requirements.txt requirements-runtime.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ test: install           ## every test (real sockets on loopback)
 lint: install           ## ruff and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+load-test: install      ## Locust headless: LOAD_TEST_USERS (20) for LOAD_TEST_DURATION (60s)
+	$(BIN)/python scripts/load_test.py
+
+docker-build:           ## the container image (needs a Docker engine)
+	@docker info >/dev/null 2>&1 || { echo "docker-build: no Docker engine here; the Dockerfile is checked by hadolint in make test"; exit 1; }
+	docker build -t wsgiproxy:0.1.0 .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache reports

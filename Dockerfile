@@ -1,0 +1,31 @@
+# wsgiproxy: gunicorn with gevent workers, non-root, the proxy on :8080, metrics on :8090.
+#   docker build -t wsgiproxy .
+#   docker run -p 8080:8080 -p 8090:8090 -v $PWD/config/proxyConfig.yaml:/app/config/proxyConfig.yaml wsgiproxy
+FROM python:3.11.14-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PORT=8080 \
+    METRICS_ADDR=:8090 \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/wsgiproxy-metrics
+
+WORKDIR /app
+
+# Dependencies in their own layer: rebuilt only when the pins change.
+COPY requirements-runtime.txt .
+RUN pip install --no-cache-dir -r requirements-runtime.txt
+
+COPY wsgiproxy/ wsgiproxy/
+COPY config/ config/
+
+# A system user with no home and no shell; gunicorn's config empties the metrics
+# directory at start, so a stale one from a restarted container is never summed in.
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin wsgiproxy \
+    && mkdir -p /tmp/wsgiproxy-metrics && chown wsgiproxy /tmp/wsgiproxy-metrics
+USER 10001
+
+EXPOSE 8080 8090
+
+# gunicorn binds 0.0.0.0:$PORT (see config/gunicorn.conf.py); SIGTERM drains gracefully.
+CMD ["gunicorn", "-c", "config/gunicorn.conf.py", "wsgiproxy:app"]

@@ -1,0 +1,188 @@
+"""SPEC §10: the container, PaaS and Kubernetes files are checked, not just present, and
+what they name (ports, probe paths, settings, metric names) is what the code serves."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import kubernetes_validate
+import pytest
+import requests
+import yaml
+
+from support.backends import Reply
+from support.net import reserve_port, wait_until
+from support.proxy import REPO, routes_yaml
+from wsgiproxy.routes import parse_routes
+from wsgiproxy.settings import SETTINGS, load_settings
+
+K8S = REPO / "k8s"
+
+
+def manifests() -> list[dict]:
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def find(kind: str, name: str) -> dict:
+    [doc] = [d for d in manifests() if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
+
+
+# -- container -------------------------------------------------------------------------
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint") or str(REPO / ".venv" / "bin" / "hadolint")
+    result = subprocess.run([hadolint, "Dockerfile"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_runs_the_production_config_as_a_user():
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:\d+\.\d+\.\d+-slim-\w+$", text, re.M)  # pinned, slim
+    assert re.search(r"^USER 10001$", text, re.M)
+    assert re.search(r"^EXPOSE 8080 8090$", text, re.M)
+    assert 'CMD ["gunicorn", "-c", "config/gunicorn.conf.py", "wsgiproxy:app"]' in text
+    assert "PROMETHEUS_MULTIPROC_DIR=" in text
+    # dependencies are installed before the code is copied (their own layer)
+    assert text.index("pip install") < text.index("COPY wsgiproxy/")
+    ignored = (REPO / ".dockerignore").read_text()
+    assert ignored.splitlines()[1] == "*"
+    assert "!wsgiproxy/" in ignored
+
+
+# -- PaaS ----------------------------------------------------------------------------------
+def test_procfile_command_serves_the_proxy(backend, tmp_path):
+    b = backend(lambda seen: Reply(200, [], b"via procfile"))
+    [line] = (REPO / "Procfile").read_text().splitlines()
+    kind, command = line.split(": ", 1)
+    assert kind == "web"
+    assert "0.0.0.0:$PORT" in command
+    port = reserve_port()
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(routes_yaml(reserve_port(), {"paas.test": [b.port]}))
+    env = {"PATH": f"{REPO / '.venv' / 'bin'}:{os.path.dirname(sys.executable)}:/usr/bin:/bin",
+           "PORT": str(port), "CONFIGURATION_FILENAME": str(routes),
+           "METRICS_ADDR": f"127.0.0.1:{reserve_port()}", "WEB_CONCURRENCY": "1",
+           "GUNICORN_CMD_ARGS": "--no-control-socket"}
+    proc = subprocess.Popen(["sh", "-c", command], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        def answer():
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/proxy/x",
+                                    headers={"Host": "paas.test"}, timeout=2)
+            except requests.ConnectionError:
+                return None
+        r = wait_until(answer, 20, 0.05, "the Procfile's gunicorn")
+        assert (r.status_code, r.content) == (200, b"via procfile")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(20) == 0
+
+
+# -- Kubernetes ----------------------------------------------------------------------------
+@pytest.mark.parametrize("path", sorted(K8S.glob("*.yaml")), ids=lambda p: p.name)
+def test_manifest_passes_strict_schema_validation(path):
+    for doc in yaml.safe_load_all(path.read_text()):
+        kubernetes_validate.validate(doc, "1.37.0", strict=True)
+
+
+def test_deployment_matches_the_code():
+    deployment = find("Deployment", "wsgiproxy")
+    pod = deployment["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    settings_map = find("ConfigMap", "wsgiproxy-settings")["data"]
+    env = {**settings_map, **{e["name"]: e["value"] for e in container["env"]}}
+
+    # every variable is a setting the code reads (or gunicorn's), and each one parses
+    known = {s.name for s in SETTINGS} | {"PORT", "WEB_CONCURRENCY"}
+    assert set(env) <= known, set(env) - known
+    settings = load_settings(_Env(env))
+
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["http"] == int(env["PORT"])
+    assert ports["metrics"] == settings.metrics_addr[1]
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == ports["metrics"]
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"},
+                                      "limits": {"cpu": "600m", "memory": "512Mi"}}
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert pod["spec"]["terminationGracePeriodSeconds"] > settings.graceful_timeout + pre_stop
+
+    # the routes file is mounted where CONFIGURATION_FILENAME says, and is valid
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "routes"]
+    assert mount["mountPath"] == env["CONFIGURATION_FILENAME"]
+    routes_text = find("ConfigMap", "wsgiproxy-routes")["data"][mount["subPath"]]
+    routes = parse_routes(yaml.safe_load(routes_text), "k8s/configmap.yaml")
+    assert routes.listen.port == ports["http"]
+
+    # replicas share the cache in the Redis the manifests run
+    redis_service = find("Service", "wsgiproxy-redis")
+    assert env["CACHE_URL"] == (f"redis://{redis_service['metadata']['name']}:"
+                                f"{redis_service['spec']['ports'][0]['port']}/0")
+
+
+def test_service_hpa_and_pdb_point_at_the_deployment():
+    labels = find("Deployment", "wsgiproxy")["spec"]["template"]["metadata"]["labels"]
+    assert find("Service", "wsgiproxy")["spec"]["selector"].items() <= labels.items()
+    assert find("PodDisruptionBudget", "wsgiproxy")["spec"]["selector"]["matchLabels"] \
+        .items() <= labels.items()
+    target = find("HorizontalPodAutoscaler", "wsgiproxy")["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "wsgiproxy")
+    ports = {p["name"]: p["targetPort"] for p in find("Service", "wsgiproxy")["spec"]["ports"]}
+    assert ports == {"http": "http", "metrics": "metrics"}
+
+
+class _Env:
+    def __init__(self, values):
+        self.values = values
+
+    def __call__(self, name, default=None, cast=None):
+        return self.values.get(name, default)
+
+
+# -- Grafana ---------------------------------------------------------------------------------
+DASHBOARD = REPO / "config" / "grafana" / "wsgiproxy-dashboard.json"
+
+
+def dashboard_exprs() -> list[str]:
+    data = json.loads(DASHBOARD.read_text())
+    return [t["expr"] for p in data["panels"] for t in p["targets"]]
+
+
+def test_dashboard_covers_the_slis():
+    titles = " | ".join(p["title"] for p in json.loads(DASHBOARD.read_text())["panels"])
+    for sli in ("Request volume", "Latency", "Success rate", "Request processing time",
+                "Response processing time", "Cache hit ratio", "Upstream attempts",
+                "Hosts up"):
+        assert sli in titles
+
+
+def test_dashboard_queries_only_metrics_the_proxy_exports(backend, proxy):
+    def respond(seen):
+        return Reply(200, [("Cache-Control", "max-age=60")], b"x")
+
+    p = proxy({"dash.test": [backend(respond).port]})
+    with requests.Session() as s:
+        s.trust_env = False
+        for _ in range(2):
+            s.get(p.url("/proxy/x"), headers={"Host": "dash.test"})
+    exported = {line.split("{")[0].split(" ")[0] for line in
+                requests.get(p.metrics_url(), timeout=5).text.splitlines()
+                if line and not line.startswith("#")}
+    used = {name for expr in dashboard_exprs() for name in re.findall(r"\bproxy_\w+", expr)}
+    assert used, "the dashboard queries nothing"
+    assert used <= exported, used - exported
