@@ -19,6 +19,7 @@ from wsgiproxy.gunicorn_server import (
     on_starting,
     post_fork,
     when_ready,
+    worker_exit,
 )
 
 # A bad setting or routes file stops here, in the master, with one line (exit 2).
@@ -62,4 +63,4 @@ errorlog = "-"
 # local client claim https; the proxy trusts no one unless told.
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "")
 
-__all__ = ["child_exit", "on_starting", "post_fork", "when_ready"]
+__all__ = ["child_exit", "on_starting", "post_fork", "when_ready", "worker_exit"]

@@ -57,7 +57,11 @@ def test_metrics_count_known_traffic_exactly(backend, proxy, server):
     dead = reserve_port()
     p = proxy({DOMAIN: [dead, b.port]}, server=server)
     service = "obs-test"
-    before = scrape(p)  # the harness's readiness probe was one unrouted request
+    # The harness's readiness probe was one unrouted request; it is counted when its
+    # response has closed, which can be just after the probe has read it.
+    before = wait_until(lambda: (m := scrape(p)) and value(
+        m, "proxy_requests_total", service="unrouted", method="GET", code="404") == 1 and m,
+        10, message="the readiness probe to be counted")
     with session() as s:
         assert s.get(p.url("/proxy/first")).status_code == 200  # dead refused, then b
         for _ in range(3):

@@ -156,6 +156,9 @@ class RoundRobinAdapter(SharedCacheAdapter, ProxyHTTPAdapter):
 
     def __init__(self, balancer: RoundRobin, **kwargs: Any) -> None:
         self.balancer = balancer
+        # The pool manager holds one pool per host (pool_connections = number of
+        # hosts, so none is ever evicted); this is a shortcut to them.
+        self._pools: dict[tuple[str, int], Any] = {}
         kwargs.setdefault("pool_connections", len(balancer.hosts))
         kwargs.setdefault("cache", None)
         super().__init__(**kwargs)
@@ -164,6 +167,7 @@ class RoundRobinAdapter(SharedCacheAdapter, ProxyHTTPAdapter):
                          **pool_kwargs: Any) -> None:
         """Only for subclassing: swaps in the proxy's pool class (see :mod:`.transport`)."""
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self._pools = {}
         self.poolmanager.pool_classes_by_scheme = {"http": UpstreamConnectionPool}
 
     def build_connection_pool_key_attributes(  # type: ignore[override]
@@ -176,3 +180,23 @@ class RoundRobinAdapter(SharedCacheAdapter, ProxyHTTPAdapter):
             exchange.backend = host
         logger.debug("%s %s -> %s", request.method, request.url, host)
         return {"scheme": "http", "host": host.address, "port": host.port}, {}
+
+    def get_connection_with_tls_context(self, request: PreparedRequest, verify: Any,
+                                        proxies: Any = None, cert: Any = None) -> Any:
+        """Only for subclassing: the picked host's pool, looked up once per host.
+
+        ``HTTPAdapter``'s version parses the URL to select an outbound HTTP proxy and
+        builds a pool key on every request; a reverse proxy has no outbound proxy, and
+        its hosts are fixed at start-up.
+        """
+        host_params, _ = self.build_connection_pool_key_attributes(request, verify, cert)
+        key = (host_params["host"], host_params["port"])
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = self.poolmanager.connection_from_host(**host_params)
+        return pool
+
+    def request_url(self, request: PreparedRequest, proxies: Any) -> str:
+        """Only for subclassing: the raw target (the connection sends it as it is)."""
+        exchange = current_exchange.get()
+        return exchange.target if exchange is not None else request.path_url

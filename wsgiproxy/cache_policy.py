@@ -30,6 +30,7 @@ import email.utils
 import io
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from cachecontrol.adapter import CacheControlAdapter
@@ -47,7 +48,8 @@ if TYPE_CHECKING:
     from requests import PreparedRequest, Response
     from urllib3.response import BaseHTTPResponse
 
-__all__ = ["BodyCapture", "SharedCacheAdapter", "SharedCacheController"]
+__all__ = ["LOOKUP_ATTR", "Answer", "BodyCapture", "Lookup", "SharedCacheAdapter",
+           "SharedCacheController"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,28 @@ _STALE_ATTR: Final = "wsgiproxy_stale_entry"
 _SENT_ATTR: Final = "wsgiproxy_sent_at"
 _CLIENT_CONDITIONS_ATTR: Final = "wsgiproxy_client_conditions"
 _CONDITIONS: Final = ("If-None-Match", "If-Modified-Since")
+#: A request attribute: a :class:`Lookup` made before the request reached the adapter.
+LOOKUP_ATTR: Final = "wsgiproxy_cache_lookup"
+
+
+@dataclass(slots=True)
+class Lookup:
+    """What the cache holds for a request: a response to serve as it is, or a stale
+    one to revalidate with these validators, or neither."""
+
+    fresh: Entry | None = None
+    stale: Entry | None = None
+    validators: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Answer:
+    """A response served from the cache, as the client gets it."""
+
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes
 
 
 def http_date(value: str | None) -> float | None:
@@ -107,7 +131,7 @@ class SharedCacheController(CacheController):
         self.max_object_bytes = max_object_bytes
 
     # -- reading ---------------------------------------------------------------------
-    def _request_cc(self, request: PreparedRequest) -> dict[str, int | None]:
+    def _request_cc(self, request: Any) -> dict[str, int | None]:
         headers = request.headers
         if "Cache-Control" in headers:
             return self.parse_cache_control(headers)
@@ -115,11 +139,11 @@ class SharedCacheController(CacheController):
             return {"no-cache": None}
         return {}
 
-    def _variant_key(self, key: str, names: tuple[str, ...], request: PreparedRequest) -> str:
+    def _variant_key(self, key: str, names: tuple[str, ...], request: Any) -> str:
         values = "\x00".join(f"{n}={_norm(request.headers.get(n))}" for n in names)
         return f"{key}\x00{values}"
 
-    def load(self, request: PreparedRequest) -> Entry | None:
+    def load(self, request: Any) -> Entry | None:
         """The stored response for this request's URL and varying headers, fresh or not."""
         key = self.cache_url(request.url or "")
         item = self.store.get(key)
@@ -132,16 +156,17 @@ class SharedCacheController(CacheController):
                 return None
         return item
 
-    def lookup(self, request: PreparedRequest) -> tuple[Entry | None, dict[str, str]]:
-        """(a stored response that may be served as is, validators to revalidate with)."""
+    def lookup(self, request: Any) -> Lookup:
+        """What the cache holds for ``request`` (anything with ``url``, ``method`` and
+        ``headers`` that can be asked ``get`` and ``in``)."""
         if "Range" in request.headers:
-            return None, {}
+            return Lookup()
         cc = self._request_cc(request)
         entry = self.load(request)
         if entry is None:
             if "only-if-cached" in cc:
                 raise NotCached("only-if-cached: no stored response for this request")
-            return None, {}
+            return Lookup()
         age = entry.age(time.time())
         fresh = not entry.revalidate and age < entry.lifetime
         if "no-cache" in cc or (cc.get("max-age") is not None and age > (cc["max-age"] or 0)):
@@ -150,7 +175,7 @@ class SharedCacheController(CacheController):
         if min_fresh is not None and age + min_fresh >= entry.lifetime:
             fresh = False
         if fresh:
-            return entry, {}
+            return Lookup(fresh=entry)
         if "only-if-cached" in cc:
             raise NotCached("only-if-cached: the stored response is stale")
         validators = {}
@@ -159,26 +184,26 @@ class SharedCacheController(CacheController):
             validators["If-None-Match"] = etag
         if modified:
             validators["If-Modified-Since"] = modified
-        if validators:
-            setattr(request, _STALE_ATTR, entry)
-        return None, validators
+        return Lookup(stale=entry if validators else None, validators=validators)
+
+    def answer(self, entry: Entry, request: Any) -> Answer:
+        """The client's response from a stored one: with ``Age``, and 304 when the
+        client's own ``If-None-Match``/``If-Modified-Since`` already hold."""
+        headers = [*entry.headers, ("Age", str(int(entry.age(time.time()))))]
+        if self._client_has_it(entry, request):
+            return Answer(304, "Not Modified",
+                          [h for h in headers if h[0].lower() != "content-length"], b"")
+        return Answer(entry.status, entry.reason, headers, entry.body)
 
     def to_response(self, entry: Entry, request: PreparedRequest) -> HTTPResponse:
-        """An urllib3 response for the client, with ``Age``; 304 if its validator matches."""
-        headers = HTTPHeaderDict()
-        for name, value in entry.headers:
-            headers.add(name, value)
-        headers["Age"] = str(int(entry.age(time.time())))
-        status, reason, body = entry.status, entry.reason, entry.body
-        if self._client_has_it(entry, request):
-            status, reason, body = 304, "Not Modified", b""
-            headers.discard("Content-Length")
-        return HTTPResponse(body=io.BytesIO(body), headers=headers, status=status,
-                            reason=reason, preload_content=False, decode_content=False,
-                            request_method=request.method)
+        """:meth:`answer` as an urllib3 response, for the adapter's path."""
+        answer = self.answer(entry, request)
+        return HTTPResponse(body=io.BytesIO(answer.body), headers=HTTPHeaderDict(answer.headers),
+                            status=answer.status, reason=answer.reason, preload_content=False,
+                            decode_content=False, request_method=request.method)
 
     @staticmethod
-    def _client_has_it(entry: Entry, request: PreparedRequest) -> bool:
+    def _client_has_it(entry: Entry, request: Any) -> bool:
         """Whether the *client's* own conditions (not the cache's revalidation) hold."""
         if entry.status != 200:
             return False
@@ -195,11 +220,11 @@ class SharedCacheController(CacheController):
 
     # CacheControl's own entry points, kept working in terms of the above.
     def cached_request(self, request: PreparedRequest) -> HTTPResponse | Literal[False]:
-        entry, _ = self.lookup(request)
-        return self.to_response(entry, request) if entry is not None else False
+        fresh = self.lookup(request).fresh
+        return self.to_response(fresh, request) if fresh is not None else False
 
     def conditional_headers(self, request: PreparedRequest) -> dict[str, str]:
-        return self.lookup(request)[1]
+        return self.lookup(request).validators
 
     # -- storing ---------------------------------------------------------------------
     def storable(self, request: PreparedRequest, response: BaseHTTPResponse) -> bool:
@@ -377,14 +402,16 @@ class SharedCacheAdapter(CacheControlAdapter):
              verify: Any = True, cert: Any = None, proxies: Any = None,
              cacheable_methods: Any = None) -> Response:
         if self.caching and request.method in SERVED_METHODS:
-            entry, validators = self.controller.lookup(request)
-            if entry is not None:
-                return self.build_response(request, self.controller.to_response(entry, request),
-                                           from_cache=True)
-            if validators:
+            # Looked up already when the proxy tried to answer from the cache first.
+            lookup = getattr(request, LOOKUP_ATTR, None) or self.controller.lookup(request)
+            if lookup.fresh is not None:
+                return self.build_response(
+                    request, self.controller.to_response(lookup.fresh, request), from_cache=True)
+            if lookup.stale is not None:
+                setattr(request, _STALE_ATTR, lookup.stale)
                 setattr(request, _CLIENT_CONDITIONS_ATTR,
                         {name: request.headers.get(name) for name in _CONDITIONS})
-                request.headers.update(validators)
+                request.headers.update(lookup.validators)
         setattr(request, _SENT_ATTR, time.time())
         # Past CacheControlAdapter.send: the lookup above replaces it.
         response: Response = super(CacheControlAdapter, self).send(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from .routes import Backend
@@ -61,7 +61,8 @@ class Exchange:
     backend: Backend | None = None  # the host picked for the attempt in progress
     forwarded_at: float = 0.0  # first time the request was handed to a host
     answered_at: float = 0.0  # when the final response's head arrived
-    cache: str = ""  # "HIT", "MISS", or "" when the cache was not consulted
+    cache: str = ""  # "hit", "revalidated", "miss", or "" when not consulted
+    cache_lookup: Any = None  # the cache's Lookup, handed on to the adapter on a miss
     status: int = 0
     bytes_sent: int = 0
     complete: bool = True  # False when the response was broken off

@@ -48,7 +48,7 @@ from .routes import Routes, load_routes
 from .settings import Settings, load_settings
 
 __all__ = ["GeventWorker", "adapt_gunicorn", "check_config_or_exit", "child_exit",
-           "on_starting", "post_fork", "when_ready"]
+           "on_starting", "post_fork", "when_ready", "worker_exit"]
 
 
 def check_config_or_exit() -> tuple[Settings, Routes]:
@@ -175,6 +175,12 @@ def post_fork(server: Any, worker: Any) -> None:
     admin = getattr(server, "wsgiproxy_admin", None)
     if admin is not None:
         admin.socket.close()  # the master's; a worker must not hold it open
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    access_log = getattr(getattr(worker, "wsgi", None), "access_log", None)
+    if access_log is not None:
+        access_log.flush()  # the lines still buffered
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -25,9 +25,11 @@ from .errors import BadGateway, BadRequest, HeadersTooLarge
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
+    from typing import Any
 
 __all__ = [
     "HOP_BY_HOP",
+    "EnvironHeaders",
     "MAX_HEADER_BYTES",
     "MAX_HEADER_LINE_BYTES",
     "client_headers",
@@ -66,6 +68,26 @@ def request_id(client_value: str | None) -> str:
 def _header_name(wsgi_key: str) -> str:
     """``HTTP_X_FORWARDED_FOR`` → ``X-Forwarded-For`` (WSGI lost the original case)."""
     return wsgi_key[5:].replace("_", "-").title()
+
+
+class EnvironHeaders:
+    """A read-only, case-insensitive view of the request headers in a WSGI environ:
+    enough for the cache to look a request up without building its upstream headers."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: Mapping[str, Any]) -> None:
+        self._environ = environ
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        key = name.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        value = self._environ.get(key, default)
+        return value if value is None or isinstance(value, str) else default
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
 
 
 def connection_tokens(value: str | None) -> frozenset[str]:

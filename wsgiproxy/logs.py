@@ -1,8 +1,12 @@
 """Logs: one JSON access line per request on stdout, the application log as JSON on stderr.
 
-python-json-logger does the formatting (rather than hand-built JSON): it escapes
-whatever a client put in a header and keeps the standard ``logging`` API, so
-``logger.exception`` tracebacks land in the same JSON stream.
+The application log goes through ``logging`` with python-json-logger's formatter, so
+``logger.exception`` tracebacks land in the same JSON stream. The access log does not:
+a line per request through ``logging`` (a record, handler locks, the formatter, a flush)
+cost 15 µs in isolation and ~55 µs per request under load, about a sixth of the proxy's
+CPU per request (``make bench``). :class:`AccessLog` serialises each line with
+``json.dumps`` and buffers them like nginx's ``access_log ... buffer= flush=``: written
+when 64 KiB have gathered or a second has passed, and at exit.
 
 Access line fields (see the README for their meaning)::
 
@@ -12,18 +16,22 @@ Access line fields (see the README for their meaning)::
 
 from __future__ import annotations
 
+import atexit
+import json
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, Final
+import threading
+import time
+from datetime import UTC, datetime
+from typing import IO, TYPE_CHECKING, Any, Final
 
 from pythonjsonlogger.json import JsonFormatter
 
 if TYPE_CHECKING:
     from .exchange import Exchange
 
-__all__ = ["ACCESS_LOGGER", "UNROUTED", "access_fields", "configure_logging", "log_access"]
+__all__ = ["UNROUTED", "AccessLog", "access_fields", "configure_logging"]
 
-ACCESS_LOGGER: Final = logging.getLogger("wsgiproxy.access")
 #: The service label of requests that matched no service (never the client's Host).
 UNROUTED: Final = "unrouted"
 _MARK: Final = "_wsgiproxy_handler"
@@ -37,22 +45,28 @@ def _handler(stream: Any, fields: list[str], rename: dict[str, str]) -> logging.
 
 
 def configure_logging(level: str) -> None:
-    """Install both handlers once (idempotent: every gunicorn worker calls it)."""
+    """Install both handlers once (idempotent: every gunicorn worker calls it).
+
+    Also turns off what every log record would otherwise compute and the JSON lines
+    never show (the logging HOWTO's "Optimization"): the caller's file and line, thread
+    and process names. With a line per request, that was a measurable share of it.
+    """
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     app = logging.getLogger("wsgiproxy")
     app.setLevel(level)
     if not any(getattr(h, _MARK, False) for h in app.handlers):
         app.addHandler(_handler(sys.stderr, ["levelname", "name", "message"],
                                 {"levelname": "level", "name": "logger"}))
         app.propagate = False
-    ACCESS_LOGGER.setLevel(logging.INFO)  # the access log is not subject to LOG_LEVEL
-    if not any(getattr(h, _MARK, False) for h in ACCESS_LOGGER.handlers):
-        ACCESS_LOGGER.addHandler(_handler(sys.stdout, [], {}))
-        ACCESS_LOGGER.propagate = False
 
 
 def access_fields(exchange: Exchange, finished_at: float) -> dict[str, Any]:
     """The access line of a finished request, as a dict."""
     return {
+        "time": datetime.now(UTC).isoformat(),
         "request_id": exchange.request_id,
         "client": exchange.client,
         "method": exchange.method,
@@ -70,6 +84,51 @@ def access_fields(exchange: Exchange, finished_at: float) -> dict[str, Any]:
     }
 
 
-def log_access(exchange: Exchange, finished_at: float) -> None:
-    if ACCESS_LOGGER.isEnabledFor(logging.INFO):
-        ACCESS_LOGGER.info("", extra=access_fields(exchange, finished_at))
+class AccessLog:
+    """Buffered JSON lines: one per finished request.
+
+    :param stream: where the lines go (stdout, in text mode).
+    :param flush_seconds: longest time a line waits in the buffer.
+    :param buffer_bytes: size at which the buffer is written at once.
+
+    Safe for greenlets and threads: appending to a list is atomic, and the writes are
+    made under a lock. A background flusher (a greenlet once gevent has patched
+    ``threading``) writes a waiting buffer out after ``flush_seconds``.
+    """
+
+    def __init__(self, stream: IO[str] | None = None, flush_seconds: float = 1.0,
+                 buffer_bytes: int = 64 * 1024) -> None:
+        self._stream = stream if stream is not None else sys.stdout
+        self._flush_seconds = flush_seconds
+        self._buffer_bytes = buffer_bytes
+        self._lines: list[str] = []
+        self._size = 0
+        self._lock = threading.Lock()
+        self._flusher: threading.Thread | None = None
+        atexit.register(self.flush)
+
+    def __call__(self, exchange: Exchange, finished_at: float) -> None:
+        line = json.dumps(access_fields(exchange, finished_at)) + "\n"
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= self._buffer_bytes:
+            self.flush()
+        elif self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_later, daemon=True,
+                                             name="wsgiproxy-access-log")
+            self._flusher.start()
+
+    def _flush_later(self) -> None:
+        time.sleep(self._flush_seconds)
+        self._flusher = None
+        self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            lines, self._lines, self._size = self._lines, [], 0
+            if lines:
+                try:
+                    self._stream.write("".join(lines))
+                    self._stream.flush()
+                except (OSError, ValueError):  # closed at exit, or a broken pipe
+                    pass

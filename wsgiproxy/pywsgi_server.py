@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run until SIGTERM or SIGINT, then drain; a bad setting or routes file exits 2."""
     from .admin import AdminApp, Readiness
     from .handler import create_app
-    from .logs import configure_logging
+    from .logs import AccessLog, configure_logging
     from .metrics import exposition
 
     try:
@@ -300,4 +300,6 @@ def main(argv: list[str] | None = None) -> int:
     if admin is not None:
         admin.stop(timeout=1)
     app.upstream.close()
+    if isinstance(app.access_log, AccessLog):
+        app.access_log.flush()
     return 0

@@ -24,6 +24,7 @@ import errno
 import http.client
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any, Final
 
@@ -36,15 +37,18 @@ from urllib3.util import Retry, Timeout
 from .balancer import RoundRobin, RoundRobinAdapter
 from .bodies import ClientBodyError
 from .cache import make_cache
+from .cache_policy import LOOKUP_ATTR
 from .errors import BadGateway, BadRequest, NoHostReachable, ProxyError, UpstreamTimeout
 from .exchange import Outcome, current_exchange
+from .headers import EnvironHeaders
 from .transport import RETRYABLE_STATUSES, classify_error
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
 
     from urllib3.response import BaseHTTPResponse
 
+    from .cache_policy import Answer
     from .exchange import Exchange
     from .routes import Backend, Service
     from .settings import Settings
@@ -60,13 +64,33 @@ IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"
 RETRY_AFTER_CAP_SECONDS: Final = 2
 #: Response bytes read per step; read1() returns what has arrived, up to this.
 CHUNK_BYTES: Final = 64 * 1024
-#: Idle connections kept per host (per worker); more are opened under load and closed.
-POOL_MAXSIZE: Final = 64
+#: Idle connections kept per host, per worker: as many as a worker can have requests in
+#: flight (gunicorn's worker_connections), so a burst does not end with connections
+#: thrown away and opened again (with a 64 limit, 500 concurrent slow requests churned
+#: most of their connections). Extra ones are opened under load, as urllib3 does.
+POOL_MAXSIZE: Final = 1000
 
 _CONNECT_FAILURES: Final = frozenset({Outcome.REFUSED, Outcome.CONNECT_TIMEOUT})
 
 #: Told (service name, host, up) when a host is ejected or answers again.
 ServiceHostListener = Callable[[str, "Backend", bool], None]
+
+
+@dataclass(slots=True)
+class _CacheQuery:
+    """What the cache needs to know of a request: its logical URL, method, headers."""
+
+    url: str
+    method: str
+    headers: EnvironHeaders
+
+
+class UpstreamHeaders(CaseInsensitiveDict[str]):
+    """The request's headers: case-insensitive for the cache's lookups, and a plain dict
+    when urllib3 copies them before sending (it only iterates them)."""
+
+    def copy(self) -> dict[str, str]:  # type: ignore[override]
+        return dict(self._store.values())  # type: ignore[attr-defined]
 
 
 class ProxyRetry(Retry):
@@ -230,6 +254,22 @@ class Upstream:
     def adapter(self, service: Service) -> RoundRobinAdapter:
         return self._adapters[service.domain]
 
+    def cached(self, exchange: Exchange, service: Service,
+               environ: Mapping[str, Any]) -> Answer | None:
+        """The answer to a GET or HEAD from the cache, before any upstream work.
+
+        On a miss or a stale entry the lookup is kept on the exchange, and
+        :meth:`forward` hands it to the adapter: the store is asked once per request.
+        """
+        controller = self._adapters[service.domain].controller
+        query = _CacheQuery(f"http://{service.domain}{exchange.target}", exchange.method,
+                            EnvironHeaders(environ))
+        lookup = controller.lookup(query)
+        if lookup.fresh is not None:
+            return controller.answer(lookup.fresh, query)
+        exchange.cache_lookup = lookup
+        return None
+
     def forward(
         self,
         exchange: Exchange,
@@ -243,8 +283,10 @@ class Upstream:
         request = PreparedRequest()
         request.method = method
         request.url = f"http://{service.domain}{exchange.target}"
-        request.headers = CaseInsensitiveDict(headers)
+        request.headers = UpstreamHeaders(headers)
         request.body = body
+        if exchange.cache_lookup is not None:
+            setattr(request, LOOKUP_ATTR, exchange.cache_lookup)
         token = current_exchange.set(exchange)
         try:
             return self._send(adapter, request, exchange, service)

@@ -91,11 +91,15 @@ class ProxyProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"proxy exited with {self.proc.returncode}:\n{self.log}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"GET /__ready HTTP/1.1\r\nHost: ready\r\n\r\n")
-                    return s.recv(12).startswith(b"HTTP/1.1")
+                s = socket.create_connection(("127.0.0.1", self.port), timeout=0.2)
             except OSError:
-                return False
+                return False  # not listening yet
+            # Connected: wait for the answer rather than probe again, so that exactly
+            # one probe (an unrouted request, in the metrics) is ever served.
+            with s:
+                s.settimeout(timeout)
+                s.sendall(b"GET /__ready HTTP/1.1\r\nHost: ready\r\n\r\n")
+                return s.recv(12).startswith(b"HTTP/1.1")
 
         wait_until(up, timeout, 0.02, f"proxy on port {self.port}")
 
