@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-runtime.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run gunicorn demo test lint load-test docker-build clean
+.PHONY: install run gunicorn demo test lint load-test bench bench-tools docker-build clean
 
 $(STAMP): requirements.txt requirements-runtime.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,17 @@ lint: install           ## ruff and mypy --strict
 
 load-test: install      ## Locust headless: LOAD_TEST_USERS (20) for LOAD_TEST_DURATION (60s)
 	$(BIN)/python scripts/load_test.py
+
+bench-tools:            # nginx, its echo module and wrk: Debian packages
+	@if { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null 2>&1 && command -v wrk >/dev/null \
+	    && test -f /usr/lib/nginx/modules/ngx_http_echo_module.so; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q nginx wrk libnginx-mod-http-echo >/dev/null || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q nginx wrk libnginx-mod-http-echo >/dev/null; }; \
+	else echo "make bench needs: sudo apt-get install -y nginx wrk libnginx-mod-http-echo"; exit 1; fi
+
+bench: install bench-tools  ## wrk against wsgiproxy and nginx in one run (BENCH_ARGS=--quick)
+	PATH="$$PATH:/usr/sbin" $(BIN)/python bench/bench.py $(BENCH_ARGS)
 
 docker-build:           ## the container image (needs a Docker engine)
 	@docker info >/dev/null 2>&1 || { echo "docker-build: no Docker engine here; the Dockerfile is checked by hadolint in make test"; exit 1; }

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 from common import (
@@ -36,6 +36,9 @@ from common import (
     wait_port,
     wrk,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 DOMAIN = "bench.test"
 ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
@@ -300,7 +303,7 @@ def report(scenarios: list[Scenario], results: dict[tuple[str, str], Row],
         for target in scenario.targets:
             row = results[(scenario.name, target)]
             ratios = []
-            for run, ref_run in zip(row.runs, ref.runs):
+            for run, ref_run in zip(row.runs, ref.runs, strict=False):
                 if scenario.name == "slow":
                     base = 500 / 0.1  # the ideal: every connection once per 100 ms
                     ratios.append(run.result.rps / base)
