@@ -130,6 +130,13 @@ class SharedCacheController(CacheController):
         self.ttl = ttl
         self.max_object_bytes = max_object_bytes
 
+    @classmethod
+    def cache_url(cls, uri: str) -> str:
+        """The key of a URL. CacheControl normalises it with a regex on every lookup;
+        the proxy builds its URLs normalised already (``http://<domain><raw target>``,
+        the domain lower-case from the routes file), so they are keys as they are."""
+        return uri
+
     # -- reading ---------------------------------------------------------------------
     def _request_cc(self, request: Any) -> dict[str, int | None]:
         headers = request.headers

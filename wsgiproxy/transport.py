@@ -49,6 +49,25 @@ _MAX_LINE: Final = 65536
 _MAX_HEADERS: Final = 100
 
 
+class _Fields(http.client.HTTPMessage):
+    """The header fields of a response, as urllib3 and http.client read them.
+
+    ``email.message.Message`` runs every read through its policy object; the fields
+    here are already decoded ``str`` pairs, for which that policy returns them as they
+    are, so reads go straight to the list.
+    """
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._headers)  # type: ignore[attr-defined]
+
+    def get(self, name: str, failobj: Any = None) -> Any:
+        name = name.lower()
+        for key, value in self._headers:  # type: ignore[attr-defined]
+            if key.lower() == name:
+                return value
+        return failobj
+
+
 class FinalResponse(http.client.HTTPResponse):
     """An ``http.client`` response that reads past interim (1xx) responses and parses
     its header section directly.
@@ -78,7 +97,7 @@ class FinalResponse(http.client.HTTPResponse):
             self.version = 11
         else:
             raise http.client.UnknownProtocol(version)
-        message = http.client.HTTPMessage()
+        message = _Fields()
         message._headers = self._read_fields()
         self.headers = self.msg = message
         coding = message.get("transfer-encoding")
