@@ -30,6 +30,11 @@ _settings, _routes = check_config_or_exit()
 worker_class = "wsgiproxy.gunicorn_server.GeventWorker"
 # One worker per core (WEB_CONCURRENCY, gunicorn's own variable, overrides).
 workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 1))
+# Each worker listens on its own SO_REUSEPORT socket, so the kernel spreads connections
+# over the workers. On one shared socket, whichever worker woke first took them: in
+# benchmark runs one of two workers sometimes held all 50 connections (half the
+# capacity). The cost: connections queued at a worker that crashes are reset.
+reuse_port = True
 # Greenlets per worker: concurrent client connections a worker will hold.
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", 1000))
 

@@ -24,9 +24,12 @@ stop would take the whole graceful timeout whenever a client kept a connection o
   writes its own. The host's ``Date`` matters (a cached answer must carry the stored
   ``Date`` with its ``Age``, RFC 9111 §4), so the proxy's response class keeps the
   host's ``Date`` and ``Server``, writes gunicorn's ``Date`` only when the host sent
-  none, and never advertises gunicorn in ``Server``. It also honours an app's ``Connection: close``
-  (gunicorn drops it as hop-by-hop), which the proxy sends when it answers without
-  reading the request body.
+  none, and never advertises gunicorn in ``Server``. It also honours an app's
+  ``Connection: close`` (gunicorn drops it as hop-by-hop), which the proxy sends when
+  it answers without reading the request body.
+* gunicorn sends a response's head and its body in two ``sendall`` calls, each a
+  gevent socket operation plus two system calls. A response with a known length up to
+  64 KiB goes out in one; longer and streamed responses still get their head at once.
 
 Both are process-wide replacements of a gunicorn module attribute, made once per worker
 before it serves: gunicorn offers no hook for either.
@@ -82,6 +85,8 @@ def adapt_gunicorn() -> None:
     class ProxyResponse(wsgi.Response):  # type: ignore[misc]
         wsgiproxy = True
         _app_date = False
+        _pending_head = b""
+        headers_sent: bool
 
         def process_headers(self, headers: list[tuple[str, str]]) -> None:
             super().process_headers(headers)  # validates every header, drops some
@@ -97,6 +102,34 @@ def adapt_gunicorn() -> None:
             return [line for line in super().default_headers()
                     if not line.startswith("Server:")
                     and not (self._app_date and line.startswith("Date:"))]
+
+        def send_headers(self) -> None:
+            length = self.response_length
+            if self.headers_sent or self.chunked or length is None or length > 65536:
+                super().send_headers()
+                return
+            lines = self.default_headers()
+            lines.extend(f"{k}: {v}\r\n" for k, v in self.headers)
+            self._pending_head = ("".join(lines) + "\r\n").encode("latin-1")
+            self.headers_sent = True  # for gunicorn's bookkeeping; written with the body
+
+        def _emit_body(self, data: bytes) -> None:
+            head, self._pending_head = self._pending_head, b""
+            if head:
+                self.sock.sendall(head + data)
+            else:
+                super()._emit_body(data)
+
+        def close(self) -> None:
+            if not self.headers_sent:  # no body was written: gunicorn makes the head now
+                self.send_headers()
+            head, self._pending_head = self._pending_head, b""
+            if head:  # no body came (HEAD, 204, 304, an empty body)
+                self.sock.sendall(head)
+            super().close()
+
+        def sendfile(self, respiter: Any) -> bool:
+            return False  # never used by the proxy; it would overtake a pending head
 
     wsgi.Response = ProxyResponse
     util.write_error = _write_json_error

@@ -45,16 +45,7 @@ def _handler(stream: Any, fields: list[str], rename: dict[str, str]) -> logging.
 
 
 def configure_logging(level: str) -> None:
-    """Install both handlers once (idempotent: every gunicorn worker calls it).
-
-    Also turns off what every log record would otherwise compute and the JSON lines
-    never show (the logging HOWTO's "Optimization"): the caller's file and line, thread
-    and process names. With a line per request, that was a measurable share of it.
-    """
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
+    """Install the application log's handler once (every gunicorn worker calls it)."""
     app = logging.getLogger("wsgiproxy")
     app.setLevel(level)
     if not any(getattr(h, _MARK, False) for h in app.handlers):

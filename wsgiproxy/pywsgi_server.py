@@ -176,6 +176,21 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
             except OSError:
                 pass
 
+    def _write_with_headers(self, data: bytes) -> None:
+        """pywsgi's, with the head and the first body chunk in one send instead of two."""
+        self.headers_sent = True
+        self.finalize_headers()
+        towrite = bytearray(b"HTTP/1.1 ")
+        towrite += self.status
+        towrite += b"\r\n"
+        for header, value in self.response_headers:
+            towrite += header + b": " + value + b"\r\n"
+        towrite += b"\r\n"
+        if data:
+            towrite += (b"%x\r\n%s\r\n" % (len(data), data) if self.response_use_chunked
+                        else data)
+        self._sendall(towrite)
+
     def finalize_headers(self) -> None:
         super().finalize_headers()
         if self.command == "HEAD" and self.response_use_chunked:
