@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-runtime.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run gunicorn demo test lint load-test bench bench-tools docker-build clean
+.PHONY: install test-tools run gunicorn demo test lint load-test bench bench-tools docker-build clean
 
 $(STAMP): requirements.txt requirements-runtime.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,16 @@ gunicorn: install       ## the proxy under gunicorn with the production config
 demo: install           ## three sample backends + the proxy; Ctrl-C stops them all
 	$(BIN)/python scripts/demo.py
 
-test: install           ## every test (real sockets on loopback)
+test-tools:             # Prometheus and promtool (Debian package) for the monitoring tests
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing prometheus (Debian package) for the monitoring tests"; \
+	    apt-get install -y -q prometheus >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null; } || \
+	    echo "could not install prometheus: its tests will be skipped"; \
+	else echo "no prometheus/promtool: its tests will be skipped (apt-get install prometheus)"; fi
+
+test: install test-tools  ## every test (real sockets on loopback)
 	$(BIN)/python -m pytest
 
 lint: install           ## ruff and mypy --strict

@@ -1,0 +1,94 @@
+"""Write config/grafana/wsgiproxy-dashboard.json: the Grafana dashboard of the SLIs.
+
+Every query reads a recording rule of config/prometheus/rules/wsgiproxy-recording.yml
+(a test checks it). Run after changing a panel:  .venv/bin/python scripts/dashboard.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parents[1] / "config" / "grafana" / "wsgiproxy-dashboard.json"
+DS = {"type": "prometheus", "uid": "${datasource}"}
+SEL = 'service=~"$service"'
+
+
+def panel(i: int, title: str, description: str, unit: str,
+          targets: list[tuple[str, str]], kind: str = "timeseries") -> dict:
+    return {
+        "id": i + 1, "type": kind, "title": title, "description": description,
+        "datasource": DS, "gridPos": {"x": (i % 2) * 12, "y": (i // 2) * 8, "w": 12, "h": 8},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "targets": [{"refId": chr(65 + j), "datasource": DS, "expr": expr, "legendFormat": legend}
+                    for j, (expr, legend) in enumerate(targets)],
+    }
+
+
+def percentiles(metric: str, quantiles: tuple[str, ...]) -> list[tuple[str, str]]:
+    return [(f"service:{metric}:{q}_5m{{{SEL}}}", f"{q} {{{{service}}}}") for q in quantiles]
+
+
+PANELS = [
+    ("Request volume", "Requests answered per second (SLI: volume).", "reqps",
+     [(f"service:proxy_requests:rate5m{{{SEL}}}", "{{service}}")]),
+    ("Success rate", "Share of requests not answered with a 5xx (SLI; SLO 99.9 %).",
+     "percentunit", [(f"service:proxy_requests_success:ratio_rate5m{{{SEL}}}", "{{service}}")]),
+    ("Latency (request received → response finished)",
+     "Percentiles of proxy_request_duration_seconds (SLI: latency).", "s",
+     percentiles("proxy_request_duration_seconds", ("p50", "p95", "p99"))),
+    ("Request processing time (received → forwarded)",
+     "The proxy's work before the request reaches a host, failed attempts included (SLI).",
+     "s", percentiles("proxy_request_processing_seconds", ("p50", "p99"))),
+    ("Response processing time (answered → finished)",
+     "From the host's response head to the end of the response to the client (SLI).", "s",
+     percentiles("proxy_response_processing_seconds", ("p50", "p99"))),
+    ("Cache hit ratio", "Share of cache lookups answered with a stored body (hit or "
+     "revalidated).", "percentunit",
+     [(f"service:proxy_cache_hit:ratio_rate5m{{{SEL}}}", "{{service}}")]),
+    ("Upstream attempts by outcome", "Attempts to reach hosts per second: response, "
+     "retryable_status, refused, connect_timeout, read_timeout, reset, invalid_response.",
+     "reqps", [(f"service_outcome:proxy_upstream_attempts:rate5m{{{SEL}}}",
+                "{{service}} {{outcome}}")]),
+    ("Hosts up", "1 while a host is in rotation, 0 while ejected after refusing connections.",
+     "none", [(f"service_host:proxy_upstream_host_up:min{{{SEL}}}", "{{service}} {{host}}")]),
+    ("Responses by status", "Requests answered per second, by status code.", "reqps",
+     [(f"service_code:proxy_requests:rate5m{{{SEL}}}", "{{service}} {{code}}")]),
+    ("In flight and cache errors", "Requests being served (all replicas), and failed "
+     "Redis operations per second.", "short",
+     [("job:proxy_requests_in_flight:sum", "in flight"),
+      ("operation:proxy_cache_errors:rate5m", "redis {{operation}} errors/s")]),
+]
+
+
+def dashboard() -> dict:
+    panels = [panel(i, *spec) for i, spec in enumerate(PANELS)]
+    panels[7]["type"] = "state-timeline"
+    panels[7]["options"] = {"showValue": "never"}
+    return {
+        "uid": "wsgiproxy", "title": "wsgiproxy", "tags": ["wsgiproxy", "proxy"],
+        "description": "SLIs of wsgiproxy: volume, latency, success rate, request and "
+                       "response processing time, cache, upstream health. Reads the "
+                       "recording rules of config/prometheus/rules.",
+        "schemaVersion": 39, "version": 2, "editable": True, "refresh": "30s",
+        "time": {"from": "now-1h", "to": "now"},
+        "templating": {"list": [
+            {"name": "datasource", "type": "datasource", "query": "prometheus",
+             "label": "Prometheus"},
+            {"name": "service", "type": "query", "datasource": DS, "label": "Service",
+             "query": {"query": "label_values(service:proxy_requests:rate5m, service)",
+                       "refId": "services"},
+             "definition": "label_values(service:proxy_requests:rate5m, service)",
+             "includeAll": True, "multi": True, "allValue": ".*", "refresh": 2,
+             "current": {"text": "All", "value": "$__all"}},
+        ]},
+        "panels": panels,
+    }
+
+
+def main() -> None:
+    OUT.write_text(json.dumps(dashboard(), indent=2, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()

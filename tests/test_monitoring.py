@@ -1,0 +1,251 @@
+"""The monitoring stack, checked with the real tools: promtool on the config, the rules,
+their unit tests and a real /metrics scrape; the Compose specification's schema on
+docker-compose.yml; and a real Prometheus server scraping a running proxy."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from importlib import resources
+
+import jsonschema
+import pytest
+import requests
+import yaml
+
+from support.backends import Reply
+from support.net import reserve_port, wait_until
+from support.proxy import REPO
+from wsgiproxy.routes import parse_routes
+
+PROM = REPO / "config" / "prometheus"
+RULE_FILES = sorted((PROM / "rules").glob("*.yml"))
+PROMTOOL = shutil.which("promtool")
+PROMETHEUS = shutil.which("prometheus")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool is not installed (Debian package: prometheus)")
+DOMAIN = "mon.test"
+
+
+def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    assert PROMTOOL
+    return subprocess.run([PROMTOOL, *args], cwd=PROM, input=stdin, capture_output=True,
+                          text=True, timeout=60)
+
+
+def rules() -> list[dict]:
+    return [r for path in RULE_FILES for g in yaml.safe_load(path.read_text())["groups"]
+            for r in g["rules"]]
+
+
+def series_names(expr: str) -> set[str]:
+    """Metric and rule names in a PromQL expression (not functions, labels or keywords)."""
+    expr = re.sub(r'"[^"]*"', '""', expr)  # label values
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges
+    names = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*(?=\s*(?:\{|\)|$|\s|==|<|>|/|\*|-|\+))",
+                           expr))
+    words = {"sum", "by", "rate", "histogram_quantile", "count", "min", "max", "and", "or",
+             "unless", "without", "avg", "le", "service", "host", "code", "outcome",
+             "operation", "job", "bool"}
+    return {n for n in names if n not in words and not n.isdigit()}
+
+
+# -- promtool -------------------------------------------------------------------------------
+@needs_promtool
+def test_prometheus_config_and_rules_pass_promtool():
+    result = promtool("check", "config", "prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 rule files found" in result.stdout
+    result = promtool("check", "rules", *[str(p) for p in RULE_FILES])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_alert_rules_unit_tests_pass():
+    result = promtool("test", "rules", "tests/wsgiproxy-rules.test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_every_alert_is_unit_tested_and_explains_itself():
+    tests = (PROM / "tests" / "wsgiproxy-rules.test.yml").read_text()
+    alerts = [r for r in rules() if "alert" in r]
+    assert {a["alert"] for a in alerts} >= {"WsgiproxySuccessRateLow", "WsgiproxyLatencyHigh",
+                                             "WsgiproxyAllHostsDown",
+                                             "WsgiproxyCacheBackendErrors"}
+    for alert in alerts:
+        assert f"alertname: {alert['alert']}" in tests, alert["alert"]
+        assert alert["labels"]["severity"] in ("critical", "warning")
+        assert len(alert["annotations"]["description"]) > 80  # says what to look at
+
+
+@needs_promtool
+def test_promtool_check_metrics_on_a_real_scrape(backend, proxy):
+    p = proxy({DOMAIN: [backend().port]}, server="gunicorn")
+    with requests.Session() as s:
+        s.trust_env = False
+        s.get(p.url("/proxy/x"), headers={"Host": DOMAIN})
+    result = promtool("check", "metrics", stdin=requests.get(p.metrics_url(), timeout=5).text)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == ""
+    assert result.stderr.strip() == ""
+
+
+# -- dashboard, rules and metrics agree ---------------------------------------------------------
+def exported_metric_names(backend, proxy) -> set[str]:
+    b = backend(lambda seen: Reply(200, [("Cache-Control", "max-age=60")], b"x"))
+    p = proxy({DOMAIN: [b.port]})
+    with requests.Session() as s:
+        s.trust_env = False
+        for _ in range(2):
+            s.get(p.url("/proxy/x"), headers={"Host": DOMAIN})
+    return {line.split("{")[0].split(" ")[0]
+            for line in requests.get(p.metrics_url(), timeout=5).text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def test_dashboard_reads_recording_rules_and_rules_read_exported_metrics(backend, proxy):
+    dashboard = json.loads((REPO / "config" / "grafana" / "wsgiproxy-dashboard.json")
+                           .read_text())
+    recorded = {r["record"] for r in rules() if "record" in r}
+    used = {name for p in dashboard["panels"] for t in p["targets"]
+            for name in series_names(t["expr"])}
+    assert used, "the dashboard queries nothing"
+    assert used <= recorded, used - recorded  # the dashboard reads rules only
+    exported = exported_metric_names(backend, proxy) | {"up"}
+    for rule in rules():
+        names = series_names(rule["expr"])
+        assert names <= exported | recorded, (rule.get("record") or rule["alert"],
+                                              names - exported - recorded)
+
+
+def test_the_dashboard_file_is_generated_from_scripts_dashboard():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dashboard", REPO / "scripts/dashboard.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    on_disk = json.loads(module.OUT.read_text())
+    assert on_disk == module.dashboard(), "run: .venv/bin/python scripts/dashboard.py"
+
+
+# -- docker compose -----------------------------------------------------------------------------
+COMPOSE = REPO / "docker-compose.yml"
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_compose_file_matches_the_compose_specification():
+    schema = json.loads(resources.files("check_jsonschema.builtin_schemas.vendor")
+                        .joinpath("compose-spec.json").read_text())
+    validator_class = jsonschema.validators.validator_for(schema)
+    errors = sorted(validator_class(schema).iter_errors(compose()), key=str)
+    assert not errors, errors[0].message
+
+
+def test_compose_names_only_files_that_exist():
+    services = compose()["services"]
+    for name, service in services.items():
+        if "build" in service:
+            assert (REPO / service["build"] / "Dockerfile").is_file(), name
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            assert (REPO / source).exists(), f"{name}: {source}"
+    routes = services["wsgiproxy"]["environment"]["CONFIGURATION_FILENAME"]
+    assert routes.startswith("/app/")
+    assert (REPO / routes[len("/app/"):]).is_file()
+    prometheus = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    for rule_file in prometheus["rule_files"]:
+        assert (PROM / rule_file).is_file()
+    provisioning = REPO / "config" / "grafana" / "provisioning"
+    assert (provisioning / "datasources" / "prometheus.yml").is_file()
+    assert (provisioning / "dashboards" / "wsgiproxy.yml").is_file()
+
+
+def test_compose_services_point_at_each_other():
+    services = compose()["services"]
+    assert {"wsgiproxy", "backend-1", "backend-2", "backend-3", "redis", "prometheus",
+            "grafana"} <= set(services)
+    proxy_env = services["wsgiproxy"]["environment"]
+    assert proxy_env["CACHE_URL"] == "redis://redis:6379/0"
+    # the routes file sends traffic to the backends on the ports their commands use
+    routes = parse_routes(yaml.safe_load((REPO / proxy_env["CONFIGURATION_FILENAME"][5:])
+                                         .read_text()), "compose routes")
+    for host in routes.services[0].hosts:
+        command = services[host.address]["command"]
+        assert command[command.index("--port") + 1] == str(host.port)
+    # Prometheus scrapes the proxy's metrics port; Grafana reads that Prometheus
+    [job] = yaml.safe_load((PROM / "prometheus.yml").read_text())["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == ["wsgiproxy:8090"]
+    assert "8090:8090" in services["wsgiproxy"]["ports"]
+    datasource = yaml.safe_load((REPO / "config/grafana/provisioning/datasources/"
+                                 "prometheus.yml").read_text())["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090"
+
+
+# -- a real Prometheus --------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.skipif(PROMETHEUS is None,
+                    reason="the prometheus server is not installed (Debian package: prometheus)")
+def test_prometheus_scrapes_the_proxy_and_records_the_slis(backend, proxy, tmp_path):
+    b = backend(lambda seen: Reply(200, [("Cache-Control", "max-age=60")], b"x"))
+    p = proxy({DOMAIN: [b.port]}, server="gunicorn", workers=2)
+    config = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(PROM / f) for f in config["rule_files"]]
+    config["scrape_configs"][0]["static_configs"] = [
+        {"targets": [f"127.0.0.1:{p.metrics_port}"]}]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = reserve_port()
+    server = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    api = f"http://127.0.0.1:{port}/api/v1/query"
+
+    def query(promql: str) -> dict[str, float]:
+        data = requests.get(api, params={"query": promql}, timeout=5).json()["data"]["result"]
+        return {r["metric"].get("service", ""): float(r["value"][1]) for r in data}
+
+    try:
+        wait_until(lambda: _get(f"http://127.0.0.1:{port}/-/ready"), 30, 0.2, "Prometheus")
+        service = "mon-test"
+        counted = f'sum by (service) (proxy_requests_total{{service="{service}"}})'
+        with requests.Session() as s:
+            s.trust_env = False
+            # Two phases: rate() needs the counter to grow between two scrapes it saw.
+            for sent, batch in ((10, 10), (50, 40)):
+                for _ in range(batch):
+                    assert s.get(p.url("/proxy/x"), headers={"Host": DOMAIN}).ok
+                total = wait_until(lambda sent=sent: query(counted).get(service) == sent
+                                   and sent, 30, 0.2, f"Prometheus to scrape {sent} requests")
+        rate = wait_until(lambda: query("service:proxy_requests:rate5m").get(service), 30,
+                          0.5, "the volume rule")
+        success = wait_until(lambda: query("service:proxy_requests_success:ratio_rate5m")
+                             .get(service), 30, 0.5, "the success-rate rule")
+        hit_ratio = wait_until(lambda: query("service:proxy_cache_hit:ratio_rate5m")
+                               .get(service), 30, 0.5, "the cache hit-ratio rule")
+        p99 = wait_until(lambda: query("service:proxy_request_duration_seconds:p99_5m")
+                         .get(service), 30, 0.5, "the latency rule")
+        print(f"\nPrometheus: proxy_requests_total={total} rate5m={rate:.3f}/s "
+              f"success={success} cache_hit_ratio={hit_ratio:.3f} p99={p99:.4f}s")
+        assert rate > 0
+        assert success == 1.0
+        assert 0.9 < hit_ratio <= 1  # 1 miss, 49 hits (the miss may precede the window)
+        assert 0 < p99 < 1
+        assert query('up{job="wsgiproxy"}') == {"": 1.0}
+    finally:
+        server.terminate()
+        server.wait(20)
+
+
+def _get(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).ok
+    except requests.RequestException:
+        return False
