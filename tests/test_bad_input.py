@@ -8,9 +8,8 @@ import socket
 
 import pytest
 
-from support.backends import HTTPBackend
 from support.net import raw_exchange
-from support.proxy import ProxyProcess
+from support.proxy import proxy_in_front
 
 DOMAIN = "svc.test"
 LIMIT = 100_000
@@ -19,14 +18,10 @@ OK = f"GET /proxy/ok HTTP/1.1\r\nHost: {DOMAIN}\r\n\r\n".encode()
 
 @pytest.fixture(scope="module", params=["pywsgi", "gunicorn"])
 def proxy(request, tmp_path_factory):
-    backend = HTTPBackend().start()
-    p = ProxyProcess(tmp_path_factory.mktemp(request.param), {DOMAIN: [backend.port]},
-                     server=request.param,
-                     env={"MAX_REQUEST_BODY_BYTES": str(LIMIT)}).start()
-    p.backend = backend
-    yield p
-    p.stop()
-    backend.stop()
+    with proxy_in_front(tmp_path_factory.mktemp(request.param), DOMAIN, backends=1,
+                        server=request.param, env={"MAX_REQUEST_BODY_BYTES": str(LIMIT)}) as p:
+        p.backend = p.backends[0]
+        yield p
 
 
 def req(head: str, body: bytes = b"") -> bytes:

@@ -18,7 +18,7 @@ import requests
 
 from support.backends import HTTPBackend, Reply, Seen
 from support.net import raw_exchange, wait_until
-from support.proxy import ProxyProcess
+from support.proxy import ProxyProcess, proxy_in_front
 
 DOMAIN = "cache.test"
 
@@ -69,15 +69,9 @@ def described():
 
 @pytest.fixture(scope="module", params=["pywsgi", "gunicorn"])
 def shared(request, described, tmp_path_factory):
-    backends = [HTTPBackend(described, name=f"b{i}").start() for i in range(3)]
-    p = ProxyProcess(tmp_path_factory.mktemp(request.param),
-                     {DOMAIN: [b.port for b in backends]}, server=request.param,
-                     env={"CACHE_MAX_OBJECT_BYTES": "10000"}).start()
-    p.backends = backends
-    yield p
-    p.stop()
-    for b in backends:
-        b.stop()
+    with proxy_in_front(tmp_path_factory.mktemp(request.param), DOMAIN, described,
+                        server=request.param, env={"CACHE_MAX_OBJECT_BYTES": "10000"}) as p:
+        yield p
 
 
 @pytest.fixture

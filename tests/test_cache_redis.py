@@ -5,7 +5,6 @@ that keeps serving (uncached) while Redis is down. Uses the Redis server on
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import uuid
 
@@ -14,7 +13,7 @@ import redis
 import requests
 
 from support.backends import Reply
-from support.net import reserve_port, wait_until
+from support.net import accepts, reserve_port, wait_until
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -89,17 +88,10 @@ def test_redis_down_serves_uncached_then_resumes(backend, proxy, domain, tmp_pat
                                "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
                               stdout=subprocess.DEVNULL)
     try:
-        wait_until(lambda: _accepts(port), 10, message="redis-server to start")
+        wait_until(lambda: accepts(port), 10, message="redis-server to start")
         wait_until(lambda: get(p, domain).headers["X-Cache"] == "HIT", 10, 0.1,
                    "caching to resume")
     finally:
         server.terminate()
         server.wait(10)
 
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False

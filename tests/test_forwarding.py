@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from support.backends import HTTPBackend, Reply, Seen, echo
+from support.backends import Reply, Seen, echo
 from support.net import raw_exchange
-from support.proxy import ProxyProcess
+from support.proxy import proxy_in_front
 
 DOMAIN = "svc.test"
 GZ = gzip.compress(b"hello " * 1000)
@@ -47,15 +47,10 @@ def respond(seen: Seen) -> Reply:
 
 @pytest.fixture(scope="module", params=["pywsgi", "gunicorn"])
 def proxy(request, tmp_path_factory):
-    backends = [HTTPBackend(respond, name=f"b{i}").start() for i in range(3)]
-    p = ProxyProcess(tmp_path_factory.mktemp(request.param),
-                     {DOMAIN: [b.port for b in backends]}, server=request.param,
-                     env={"MAX_REQUEST_BODY_BYTES": str(1024 * 1024)}).start()
-    p.backends = backends
-    yield p
-    p.stop()
-    for b in backends:
-        b.stop()
+    with proxy_in_front(tmp_path_factory.mktemp(request.param), DOMAIN, respond,
+                        server=request.param,
+                        env={"MAX_REQUEST_BODY_BYTES": str(1024 * 1024)}) as p:
+        yield p
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -16,7 +15,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.backends import Reply
-from support.net import reserve_port, wait_until
+from support.net import accepts, reserve_port, wait_until
 
 DOMAIN = "obs.test"
 SERVERS = ["pywsgi", "gunicorn"]
@@ -164,7 +163,7 @@ def test_sigterm_finishes_the_slow_request_then_exits_0(backend, proxy, server):
     p.proc.send_signal(signal.SIGTERM)
     wait_until(lambda: requests.get(p.metrics_url("/readyz"), timeout=2).status_code == 503,
                10, message="/readyz to say 503")
-    wait_until(lambda: not _accepts(p.port), 5, message="the listener to close")
+    wait_until(lambda: not accepts(p.port), 5, message="the listener to close")
     release.set()
     t.join(20)
     assert result == {"status": 200, "body": b"finished"}
@@ -252,10 +251,3 @@ def test_python_m_wsgiproxy_exits_0_on_sigint(backend, proxy):
     assert p.proc.wait(10) == 0
     assert isinstance(p.proc, subprocess.Popen)
 
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False

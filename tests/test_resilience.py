@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from support.backends import Reply, read_request
-from support.net import reserve_port, wait_until
+from support.net import accepts, reserve_port, wait_until
 
 DOMAIN = "svc.test"
 SERVICE = "svc-test"
@@ -283,7 +283,7 @@ def test_killing_a_host_under_load_fails_no_request(tmp_path, proxy):
     procs = [start_backend(port) for port in ports]
     try:
         for port in ports:
-            wait_until(lambda port=port: _accepts(port), 10, message=f"backend {port}")
+            wait_until(lambda port=port: accepts(port), 10, message=f"backend {port}")
         p = proxy({DOMAIN: ports}, env={"HOST_EJECT_SECONDS": "1"})
         failures, done = [], threading.Event()
         count = itertools.count()
@@ -307,7 +307,7 @@ def test_killing_a_host_under_load_fails_no_request(tmp_path, proxy):
         procs[1].wait()
         time.sleep(1.5)  # load running with one host dead (through its ejection)
         procs[1] = start_backend(ports[1])
-        wait_until(lambda: _accepts(ports[1]), 10, message="the restarted backend")
+        wait_until(lambda: accepts(ports[1]), 10, message="the restarted backend")
         time.sleep(1.0)  # and after it came back
         done.set()
         for t in threads:
@@ -322,10 +322,3 @@ def test_killing_a_host_under_load_fails_no_request(tmp_path, proxy):
             proc.kill()
             proc.wait()
 
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False

@@ -7,7 +7,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["RawResponse", "raw_exchange", "read_response", "reserve_port", "wait_until"]
+__all__ = ["RawResponse", "accepts", "raw_exchange", "read_response", "reserve_port",
+           "wait_until"]
 
 
 def reserve_port(host: str = "127.0.0.1") -> int:
@@ -28,6 +29,15 @@ def reserve_port(host: str = "127.0.0.1") -> int:
             client.close()
             accepted.close()
     return port
+
+
+def accepts(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on ``port`` now."""
+    try:
+        socket.create_connection((host, port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01,

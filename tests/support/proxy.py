@@ -8,6 +8,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,9 +20,10 @@ from pathlib import Path
 
 import yaml
 
+from .backends import HTTPBackend, echo
 from .net import reserve_port, wait_until
 
-__all__ = ["REPO", "ProxyProcess", "routes_yaml"]
+__all__ = ["REPO", "ProxyProcess", "proxy_in_front", "routes_yaml"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -167,6 +169,22 @@ class ProxyProcess:
     def wait_log(self, text: str, timeout: float = 10.0) -> str:
         return wait_until(lambda: text in self.log and self.log, timeout,
                           message=f"{text!r} in the proxy log")
+
+
+@contextlib.contextmanager
+def proxy_in_front(workdir: Path, domain: str, respond=None, *, backends: int = 3,
+                   server: str = "pywsgi", env: dict[str, str] | None = None):
+    """``backends`` recording HTTP backends and a proxy routing ``domain`` to them;
+    the proxy's ``.backends`` lists them. Everything is stopped on exit."""
+    started = [HTTPBackend(respond or echo, name=f"b{i}").start() for i in range(backends)]
+    proxy = ProxyProcess(workdir, {domain: [b.port for b in started]}, server=server, env=env)
+    proxy.backends = started
+    try:
+        yield proxy.start()
+    finally:
+        proxy.stop()
+        for b in started:
+            b.stop()
 
 
 def wait_closed(pid: int, timeout: float = 10.0) -> None:
