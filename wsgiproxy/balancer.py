@@ -110,9 +110,6 @@ class RoundRobin:
             if self._listener:
                 self._listener(host, True)
 
-    def is_up(self, host: Backend) -> bool:
-        return self._ejected_until[self.hosts.index(host)] == 0.0
-
 
 class ProxyHTTPAdapter(HTTPAdapter):
     """``HTTPAdapter`` without the client-side work a proxy must not do.

@@ -35,9 +35,6 @@ class Outcome:
     RESET: Final = "reset"  # connection broken after the request was sent
     INVALID_RESPONSE: Final = "invalid_response"  # not HTTP, or not parseable
 
-    ALL: Final = (RESPONSE, RETRYABLE_STATUS, REFUSED, CONNECT_TIMEOUT, READ_TIMEOUT,
-                  RESET, INVALID_RESPONSE)
-
 
 @dataclass(slots=True)
 class Attempt:

@@ -74,10 +74,6 @@ class Router:
     def __init__(self, services: Iterable[Service]) -> None:
         self._by_domain: dict[str, Service] = {s.domain: s for s in services}
 
-    @property
-    def services(self) -> tuple[Service, ...]:
-        return tuple(self._by_domain.values())
-
     def service_for(self, host: str) -> Service | None:
         """The service whose domain is ``host`` (a raw Host value), if any."""
         return self._by_domain.get(split_host(host))

@@ -251,9 +251,6 @@ class Upstream:
             self.session.mount(f"http://{service.domain}/", adapter)
             self._adapters[service.domain] = adapter
 
-    def adapter(self, service: Service) -> RoundRobinAdapter:
-        return self._adapters[service.domain]
-
     def cached(self, exchange: Exchange, service: Service,
                environ: Mapping[str, Any]) -> Answer | None:
         """The answer to a GET or HEAD from the cache, before any upstream work.
