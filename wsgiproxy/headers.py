@@ -49,6 +49,8 @@ _NOT_FORWARDED: Final = HOP_BY_HOP | {
     "content-length",
 }
 
+_HOP_BY_HOP_AND_LENGTH: Final = HOP_BY_HOP | {"content-length"}
+
 MAX_HEADER_BYTES: Final = 64 * 1024
 MAX_HEADER_LINE_BYTES: Final = 8 * 1024
 
@@ -122,7 +124,8 @@ def upstream_headers(
 ) -> dict[str, str]:
     """The headers to send the host, in the client's order, ``Host`` first."""
     headers: dict[str, str] = {"Host": host}
-    dropped = _NOT_FORWARDED | connection_tokens(environ.get("HTTP_CONNECTION"))
+    listed = connection_tokens(environ.get("HTTP_CONNECTION"))
+    dropped = _NOT_FORWARDED | listed if listed else _NOT_FORWARDED
     for key, value in environ.items():
         if not key.startswith("HTTP_"):
             continue
@@ -160,9 +163,10 @@ def client_headers(
     :param keep_length: False when the host framed the body with chunked coding, whose
         ``Content-Length`` (if any) does not describe the bytes the client will get.
     """
-    dropped = HOP_BY_HOP | connection_tokens(connection)
-    if not keep_length:
-        dropped = dropped | {"content-length"}
+    dropped = _HOP_BY_HOP_AND_LENGTH if not keep_length else HOP_BY_HOP
+    listed = connection_tokens(connection)
+    if listed:
+        dropped = dropped | listed
     out = []
     for name, value in upstream:
         if name.lower() in dropped:
