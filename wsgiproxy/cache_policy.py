@@ -133,8 +133,8 @@ class SharedCacheController(CacheController):
     @classmethod
     def cache_url(cls, uri: str) -> str:
         """The key of a URL. CacheControl normalises it with a regex on every lookup;
-        the proxy builds its URLs normalised already (``http://<domain><raw target>``,
-        the domain lower-case from the routes file), so they are keys as they are."""
+        the proxy's URLs are normalised already (:func:`wsgiproxy.upstream.logical_url`),
+        so they are keys as they are."""
         return uri
 
     # -- reading ---------------------------------------------------------------------
@@ -311,9 +311,12 @@ class SharedCacheController(CacheController):
     def cache_response(self, request: PreparedRequest, response: Any,
                        body: bytes | None = None, status_codes: Any = None) -> None:
         """Store ``response`` with ``body`` if the shared-cache rules allow."""
-        if body is None or len(body) > self.max_object_bytes:
-            return
-        if not self.storable(request, response):
+        if body is not None and self.storable(request, response):
+            self.store_body(request, response, body)
+
+    def store_body(self, request: PreparedRequest, response: Any, body: bytes) -> None:
+        """Store a response already judged :meth:`storable`, once its body has ended."""
+        if len(body) > self.max_object_bytes:
             return
         length = response.headers.get("Content-Length", "")
         if length.isdigit() and int(length) != len(body):
@@ -437,7 +440,7 @@ class SharedCacheAdapter(CacheControlAdapter):
             elif method == "GET" and self.controller.storable(request, response):
                 response._fp = BodyCapture(
                     response._fp, self.max_object_bytes,
-                    lambda body, r=response: self.controller.cache_response(request, r, body))
+                    lambda body, r=response: self.controller.store_body(request, r, body))
             elif method in INVALIDATING_METHODS and 200 <= status < 400:
                 self.controller.invalidate(request)
         # Past CacheControlAdapter.build_response: the rules above replace it.

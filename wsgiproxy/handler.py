@@ -150,14 +150,14 @@ class ProxyApp:
             raw.release_conn()
             raise
         from_cache = getattr(response, "from_cache", False)
+        revalidated = getattr(response, "revalidated", False)
         if self.upstream.caching and exchange.method in ("GET", "HEAD"):
-            exchange.cache = ("revalidated" if getattr(response, "revalidated", False)
-                              else "hit" if from_cache else "miss")
+            exchange.cache = "revalidated" if revalidated else "hit" if from_cache else "miss"
         out.append(("X-Cache", "HIT" if from_cache else "MISS"))
         out.append(("X-Request-ID", exchange.request_id))
         exchange.status = raw.status
         start_response(_status_line(raw.status, raw.reason), out)
-        if from_cache and not getattr(response, "revalidated", False):
+        if from_cache and not revalidated:
             time.sleep(0)  # as in _answer_from_cache
         return UpstreamBody(raw, exchange, lambda: self._finished(exchange),
                             send_body=exchange.method != "HEAD")

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 __all__ = ["IDEMPOTENT_METHODS", "ProxyRetry", "Upstream", "UpstreamBody", "build_retry",
-           "translate_error"]
+           "logical_url", "translate_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,13 @@ _CONNECT_FAILURES: Final = frozenset({Outcome.REFUSED, Outcome.CONNECT_TIMEOUT})
 
 #: Told (service name, host, up) when a host is ejected or answers again.
 ServiceHostListener = Callable[[str, "Backend", bool], None]
+
+
+def logical_url(service: Service, target: str) -> str:
+    """A request's URL as the session and the cache see it: the service's domain (lower
+    case, from the routes file) and the raw target. It is also the cache key, so the hit
+    path and the adapter path must build it here, the one way."""
+    return f"http://{service.domain}{target}"
 
 
 @dataclass(slots=True)
@@ -259,7 +266,7 @@ class Upstream:
         :meth:`forward` hands it to the adapter: the store is asked once per request.
         """
         controller = self._adapters[service.domain].controller
-        query = _CacheQuery(f"http://{service.domain}{exchange.target}", exchange.method,
+        query = _CacheQuery(logical_url(service, exchange.target), exchange.method,
                             EnvironHeaders(environ))
         lookup = controller.lookup(query)
         if lookup.fresh is not None:
@@ -279,7 +286,7 @@ class Upstream:
         adapter = self._adapters[service.domain]
         request = PreparedRequest()
         request.method = method
-        request.url = f"http://{service.domain}{exchange.target}"
+        request.url = logical_url(service, exchange.target)
         request.headers = UpstreamHeaders(headers)
         request.body = body
         if exchange.cache_lookup is not None:
