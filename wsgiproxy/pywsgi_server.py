@@ -293,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wsgiproxy: {error}", file=sys.stderr)
         return 2
     readiness = Readiness()
+    # Before listening: a SIGTERM that arrives as soon as the port answers must drain,
+    # not kill the process with the signal's default action.
+    stopping = gevent.event.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stopping.set)
     try:
         server = serve(app, routes.listen)
         admin = None
@@ -305,9 +310,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     logger.info("wsgiproxy listening on %s (pywsgi), %d services, metrics on %s",
                 routes.listen, len(routes.services), settings.metrics_addr)
-    stopping = gevent.event.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(signum, stopping.set)
     stopping.wait()
     readiness.shutting_down()
     finished = server.drain(settings.graceful_timeout)
