@@ -252,6 +252,39 @@ def test_reset_after_the_body_is_read(raw_backend, proxy, method, size, deliveri
     assert bodies == [payload] * deliveries
 
 
+def head_then_reset(bodies):
+    """A host that reads the request, sends a response head, and dies before the body."""
+    def handle(conn, first):
+        bodies.append(read_request(conn, first)[1])
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    return handle
+
+
+@pytest.mark.parametrize("server", ["pywsgi", "gunicorn"])
+def test_a_host_that_dies_after_the_head_is_replaced_for_idempotent_methods(
+        raw_backend, backend, proxy, server):
+    bodies = []
+    dying, live = raw_backend(head_then_reset(bodies)), backend()
+    p = proxy({DOMAIN: [dying.port, live.port]}, server=server)
+    with session() as s:
+        r = s.get(p.url("/proxy/x"), headers={"X-Request-ID": "head-reset"})
+    assert r.status_code == 200
+    assert live.count == 1
+    assert outcomes(p.access("head-reset")) == ["reset 200", "response 200"]  # head, no body
+
+
+def test_a_post_whose_answer_broke_off_is_not_sent_again(raw_backend, backend, proxy):
+    bodies = []
+    dying, live = raw_backend(head_then_reset(bodies)), backend()
+    p = proxy({DOMAIN: [dying.port, live.port]})
+    with session() as s:
+        r = s.post(p.url("/proxy/x"), data=b"once")
+    assert r.status_code == 502
+    assert r.json()["error"].startswith(f"service '{SERVICE}'")
+    assert (bodies, live.count) == ([b"once"], 0)
+
+
 def test_attempts_never_exceed_the_bound(backend, proxy):
     """Refused, then 503 until retries run out: 1 + (1 + MAX_HTTP_RETRIES) attempts."""
     dead, bad = reserve_port(), backend(flaky(100))

@@ -139,8 +139,8 @@ class ProxyApp:
                 return self._answer_from_cache(start_response, exchange, answer)
         body, length = read_request_body(environ, self.settings.max_request_body_bytes)
         headers = upstream_headers(environ, match.host, exchange.request_id, length)
-        response = self.upstream.forward(exchange, match.service, exchange.method, headers,
-                                         body)
+        response, first = self.upstream.fetch(exchange, match.service, exchange.method,
+                                              headers, body)
         raw = response.raw
         try:
             out = client_headers(raw.headers.items(), connection=raw.headers.get("Connection"),
@@ -160,7 +160,7 @@ class ProxyApp:
         if from_cache and not revalidated:
             time.sleep(0)  # as in _answer_from_cache
         return UpstreamBody(raw, exchange, lambda: self._finished(exchange),
-                            send_body=exchange.method != "HEAD")
+                            send_body=exchange.method != "HEAD", first=first)
 
     def _answer_from_cache(self, start_response: StartResponse, exchange: Exchange,
                            answer: Answer) -> Iterable[bytes]:

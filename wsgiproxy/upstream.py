@@ -176,15 +176,17 @@ class UpstreamBody:
     away mid-response: the rest of the body is never read into the pool.
     """
 
-    __slots__ = ("_complete", "_exchange", "_on_close", "_raw", "_send_body")
+    __slots__ = ("_complete", "_exchange", "_first", "_on_close", "_raw", "_send_body")
 
     def __init__(self, raw: BaseHTTPResponse, exchange: Exchange,
-                 on_close: Callable[[], None], send_body: bool = True) -> None:
+                 on_close: Callable[[], None], send_body: bool = True,
+                 first: bytes = b"") -> None:
         self._raw = raw
         self._exchange = exchange
         self._on_close = on_close
         self._complete = False
         self._send_body = send_body
+        self._first = first  # already read by Upstream.fetch
 
     def __iter__(self) -> Iterator[bytes]:
         read1 = self._raw.read1
@@ -192,6 +194,9 @@ class UpstreamBody:
         if not self._send_body:  # HEAD: a HEAD answered from a stored GET has a body
             self._complete = True
             return
+        if self._first:
+            exchange.bytes_sent += len(self._first)
+            yield self._first
         try:
             while data := read1(CHUNK_BYTES, decode_content=False):
                 exchange.bytes_sent += len(data)
@@ -237,6 +242,7 @@ class Upstream:
         cache_errors: Callable[[str], None] | None = None,
     ) -> None:
         self._forward_retries = settings.max_forward_retries
+        self._max_attempts = settings.max_attempts
         self._timeout = Timeout(connect=settings.upstream_connect_timeout_seconds,
                                 read=settings.upstream_read_timeout_seconds)
         self.session = requests.Session()
@@ -273,6 +279,35 @@ class Upstream:
             return controller.answer(lookup.fresh, query)
         exchange.cache_lookup = lookup
         return None
+
+    def fetch(self, exchange: Exchange, service: Service, method: str,
+              headers: dict[str, str], body: Any) -> tuple[requests.Response, bytes]:
+        """:meth:`forward`, and the first bytes of the body, before the client is answered.
+
+        A host can send a response's head and fail before its body (killed, reset).
+        Until the first body bytes have arrived nothing has reached the client, so such
+        a failure is an ordinary upstream error: an idempotent request is sent again
+        (round-robin picks the next host) within the attempt bound. From the first
+        bytes on, the body streams as it arrives, and a failure can only break it off.
+        """
+        while True:
+            response = self.forward(exchange, service, method, headers, body)
+            if method == "HEAD":
+                return response, b""
+            raw = response.raw
+            try:
+                return response, raw.read1(CHUNK_BYTES, decode_content=False)
+            except (HTTPError, OSError, http.client.HTTPException) as exc:
+                raw.close()
+                raw.release_conn()
+                if exchange.attempts:
+                    exchange.attempts[-1].outcome = Outcome.RESET
+                resendable = body is None or isinstance(body, bytes)
+                if (method not in IDEMPOTENT_METHODS or not resendable
+                        or len(exchange.attempts) >= self._max_attempts):
+                    raise translate_error(exc, service.name) from exc
+                logger.debug("request %s: %s broke off the body (%s); sending again",
+                             exchange.request_id, exchange.upstream_host, exc)
 
     def forward(
         self,
