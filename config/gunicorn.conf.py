@@ -13,21 +13,22 @@ import tempfile
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="wsgiproxy-metrics-")
 
-from wsgiproxy.gunicorn_server import (
-    check_config_or_exit,
-    child_exit,
-    on_starting,
-    post_fork,
-    when_ready,
-    worker_exit,
-)
+from wsgiproxy.servers import load_config_or_exit
+from wsgiproxy.servers.gunicorn import Hooks
+
+_hooks = Hooks()
+on_starting = _hooks.on_starting
+when_ready = _hooks.when_ready
+post_fork = _hooks.post_fork
+worker_exit = _hooks.worker_exit
+child_exit = _hooks.child_exit
 
 # A bad setting or routes file stops here, in the master, with one line (exit 2).
-_settings, _routes = check_config_or_exit()
+_settings, _routes = load_config_or_exit()
 
 # gevent: each request is a greenlet, so a worker waits on many hosts at once. The
 # proxy's subclass also closes idle keep-alive connections at shutdown.
-worker_class = "wsgiproxy.gunicorn_server.GeventWorker"
+worker_class = "wsgiproxy.servers.gunicorn.GeventWorker"
 # One worker per core (WEB_CONCURRENCY, gunicorn's own variable, overrides).
 workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 1))
 # Each worker listens on its own SO_REUSEPORT socket, so the kernel spreads connections
@@ -67,5 +68,3 @@ errorlog = "-"
 # balancer in front, say). gunicorn trusts 127.0.0.1 by default, which would let any
 # local client claim https; the proxy trusts no one unless told.
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "")
-
-__all__ = ["child_exit", "on_starting", "post_fork", "when_ready", "worker_exit"]

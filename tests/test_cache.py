@@ -11,14 +11,18 @@ import email.utils
 import threading
 import time
 from collections import Counter
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import pytest
-import requests
 
 from support.backends import HTTPBackend, Reply, Seen
+from support.client import session
 from support.net import raw_exchange, wait_until
 from support.proxy import ProxyProcess, proxy_in_front
+
+if TYPE_CHECKING:
+    import requests
 
 DOMAIN = "cache.test"
 
@@ -76,8 +80,7 @@ def shared(request, described, tmp_path_factory):
 
 @pytest.fixture
 def get(shared):
-    s = requests.Session()
-    s.trust_env = False
+    s = session()
 
     def do(target: str, method: str = "GET", **headers) -> requests.Response:
         return s.request(method, shared.url(target), data=headers.pop("data", None),
@@ -219,8 +222,7 @@ def test_a_chunked_response_is_stored_with_its_length(shared, described, path):
     try:
         p = ProxyProcess(shared.workdir / "chunked", {DOMAIN: [chunked.port]},
                          server=shared.server).start()
-        with requests.Session() as s:
-            s.trust_env = False
+        with session() as s:
             first = s.get(p.url("/proxy/c"), headers={"Host": DOMAIN})
             second = s.get(p.url("/proxy/c"), headers={"Host": DOMAIN})
         p.stop()
@@ -298,8 +300,7 @@ def test_a_304_that_extends_freshness_makes_later_requests_hits():
 
     # A dedicated backend: the 304 carries new freshness.
     b = HTTPBackend(respond).start()
-    with ProxyProcess(_workdir(), {DOMAIN: [b.port]}) as p, requests.Session() as s:
-        s.trust_env = False
+    with ProxyProcess(_workdir(), {DOMAIN: [b.port]}) as p, session() as s:
         h = {"Host": DOMAIN}
         assert s.get(p.url("/proxy/r"), headers=h).content == b"v1"
         assert s.get(p.url("/proxy/r"), headers=h).headers["X-Cache"] == "HIT"  # revalidated
@@ -375,8 +376,7 @@ def test_repeated_headers_survive_the_cache(shared, path):
 def test_ttl_caps_every_entry(backend, proxy):
     b = backend(lambda seen: Reply(200, [("Cache-Control", "max-age=3600")], b"x"))
     p = proxy({DOMAIN: [b.port]}, env={"HTTP_CACHE_TTL_SECONDS": "1"})
-    with requests.Session() as s:
-        s.trust_env = False
+    with session() as s:
         s.get(p.url("/proxy/t"), headers={"Host": DOMAIN})
         stored = time.monotonic()
         assert s.get(p.url("/proxy/t"), headers={"Host": DOMAIN}).headers["X-Cache"] == "HIT"
@@ -388,8 +388,7 @@ def test_ttl_caps_every_entry(backend, proxy):
 def test_ttl_zero_stores_nothing(backend, proxy):
     b = backend(lambda seen: Reply(200, [("Cache-Control", "max-age=3600")], b"x"))
     p = proxy({DOMAIN: [b.port]}, env={"HTTP_CACHE_TTL_SECONDS": "0"})
-    with requests.Session() as s:
-        s.trust_env = False
+    with session() as s:
         for _ in range(3):
             assert s.get(p.url("/proxy/t"), headers={"Host": DOMAIN}).headers["X-Cache"] == \
                 "MISS"
@@ -399,8 +398,7 @@ def test_ttl_zero_stores_nothing(backend, proxy):
 def test_lru_keeps_at_most_cache_max_entries(backend, proxy):
     b = backend(lambda seen: Reply(200, [("Cache-Control", "max-age=3600")], b"x"))
     p = proxy({DOMAIN: [b.port]}, env={"CACHE_MAX_ENTRIES": "5"})
-    with requests.Session() as s:
-        s.trust_env = False
+    with session() as s:
 
         def fetch(i):
             return s.get(p.url(f"/proxy/{i}"), headers={"Host": DOMAIN}).headers["X-Cache"]

@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 import redis
-import requests
 
 from support.backends import Reply
+from support.client import session
 from support.net import accepts, reserve_port, wait_until
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -41,8 +41,7 @@ def cacheable(seen):
 
 
 def get(p, domain, path="/proxy/x"):
-    with requests.Session() as s:
-        s.trust_env = False
+    with session() as s:
         return s.get(p.url(path), headers={"Host": domain})
 
 

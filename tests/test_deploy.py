@@ -19,7 +19,7 @@ import yaml
 from support.backends import Reply
 from support.net import reserve_port, wait_until
 from support.proxy import REPO, routes_yaml
-from wsgiproxy.routes import parse_routes
+from wsgiproxy.routes_file import parse_routes
 from wsgiproxy.settings import SETTINGS, load_settings
 
 K8S = REPO / "k8s"

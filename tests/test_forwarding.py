@@ -11,9 +11,9 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import requests
 
 from support.backends import Reply, Seen, echo
+from support.client import session
 from support.net import raw_exchange
 from support.proxy import proxy_in_front
 
@@ -60,8 +60,7 @@ def backends(proxy):
 
 @pytest.fixture
 def client():
-    s = requests.Session()
-    s.trust_env = False
+    s = session()
     s.headers["Host"] = DOMAIN
     yield s
     s.close()
@@ -163,8 +162,7 @@ def test_round_robin_spreads_concurrent_requests_exactly(proxy, backends):
     before = [b.count for b in backends]
 
     def one(_):
-        with requests.Session() as s:
-            s.trust_env = False
+        with session() as s:
             return s.get(proxy.url("/proxy/rr"), headers={"Host": DOMAIN}).status_code
 
     with ThreadPoolExecutor(10) as pool:
@@ -307,8 +305,7 @@ def test_upstream_date_reaches_the_client_once(proxy):
 def test_one_clients_cookies_never_reach_another(proxy, backends, client):
     first = get(proxy, client, "/proxy/setcookie-once")
     assert first.headers["Set-Cookie"] == "session=secret; Path=/"
-    with requests.Session() as other:
-        other.trust_env = False
+    with session() as other:
         other.get(proxy.url("/proxy/cookie-check"),
                   headers={"Host": DOMAIN, "X-Request-ID": "cookie-check"})
     assert not seen_with(backends, "cookie-check").has("Cookie")
@@ -316,8 +313,7 @@ def test_one_clients_cookies_never_reach_another(proxy, backends, client):
 
 def test_keeps_serving_concurrently(proxy, client):
     def one(i):
-        with requests.Session() as s:
-            s.trust_env = False
+        with session() as s:
             r = s.post(proxy.url(f"/proxy/c{i}"), data=b"x" * i, headers={"Host": DOMAIN})
             return r.json()["body_bytes"]
 

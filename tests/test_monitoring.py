@@ -16,9 +16,10 @@ import requests
 import yaml
 
 from support.backends import Reply
+from support.client import session
 from support.net import reserve_port, wait_until
 from support.proxy import REPO
-from wsgiproxy.routes import parse_routes
+from wsgiproxy.routes_file import parse_routes
 
 PROM = REPO / "config" / "prometheus"
 RULE_FILES = sorted((PROM / "rules").glob("*.yml"))
@@ -85,8 +86,7 @@ def test_every_alert_is_unit_tested_and_explains_itself():
 @needs_promtool
 def test_promtool_check_metrics_on_a_real_scrape(backend, proxy):
     p = proxy({DOMAIN: [backend().port]}, server="gunicorn")
-    with requests.Session() as s:
-        s.trust_env = False
+    with session() as s:
         s.get(p.url("/proxy/x"), headers={"Host": DOMAIN})
     result = promtool("check", "metrics", stdin=requests.get(p.metrics_url(), timeout=5).text)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -98,8 +98,7 @@ def test_promtool_check_metrics_on_a_real_scrape(backend, proxy):
 def exported_metric_names(backend, proxy) -> set[str]:
     b = backend(lambda seen: Reply(200, [("Cache-Control", "max-age=60")], b"x"))
     p = proxy({DOMAIN: [b.port]})
-    with requests.Session() as s:
-        s.trust_env = False
+    with session() as s:
         for _ in range(2):
             s.get(p.url("/proxy/x"), headers={"Host": DOMAIN})
     return {line.split("{")[0].split(" ")[0]
@@ -216,8 +215,7 @@ def test_prometheus_scrapes_the_proxy_and_records_the_slis(backend, proxy, tmp_p
         wait_until(lambda: _get(f"http://127.0.0.1:{port}/-/ready"), 30, 0.2, "Prometheus")
         service = "mon-test"
         counted = f'sum by (service) (proxy_requests_total{{service="{service}"}})'
-        with requests.Session() as s:
-            s.trust_env = False
+        with session() as s:
             # Two phases: rate() needs the counter to grow between two scrapes it saw.
             for sent, batch in ((10, 10), (50, 40)):
                 for _ in range(batch):

@@ -19,17 +19,12 @@ import pytest
 import requests
 
 from support.backends import Reply, read_request
+from support.client import session
 from support.net import accepts, reserve_port, wait_until
 
 DOMAIN = "svc.test"
 SERVICE = "svc-test"
 
-
-def session() -> requests.Session:
-    s = requests.Session()
-    s.trust_env = False
-    s.headers["Host"] = DOMAIN
-    return s
 
 
 def hosts_tried(entry: dict) -> list[str]:
@@ -58,7 +53,7 @@ def black_hole():
 def test_refused_host_fails_over_at_once_for_every_method(backend, proxy, method):
     dead, live = reserve_port(), backend()
     p = proxy({DOMAIN: [dead, live.port]})
-    with session() as s:
+    with session(DOMAIN) as s:
         r = s.request(method, p.url("/proxy/x"), data=b"body" if method != "GET" else None,
                       headers={"X-Request-ID": f"fo-{method}"})
     assert r.status_code == 200
@@ -73,7 +68,7 @@ def test_connect_timeout_fails_over_to_the_next_host(backend, proxy, black_hole)
     live = backend()
     p = proxy({DOMAIN: [black_hole, live.port]},
               env={"UPSTREAM_CONNECT_TIMEOUT_SECONDS": "0.3"})
-    with session() as s:
+    with session(DOMAIN) as s:
         r = s.post(p.url("/proxy/x"), data=b"once", headers={"X-Request-ID": "ct"})
     assert r.status_code == 200
     assert outcomes(p.access("ct")) == ["connect_timeout", "response 200"]
@@ -84,7 +79,7 @@ def test_one_host_down_60_requests_succeed_and_it_is_tried_once(backend, proxy):
     a, b = backend(name="a"), backend(name="b")
     dead = reserve_port()
     p = proxy({DOMAIN: [a.port, dead, b.port]})  # HOST_EJECT_SECONDS defaults to 10
-    with session() as s:
+    with session(DOMAIN) as s:
         statuses = [s.get(p.url(f"/proxy/{i}"), headers={"X-Request-ID": f"r{i}"}).status_code
                     for i in range(60)]
     assert statuses == [200] * 60
@@ -98,7 +93,7 @@ def test_ejected_host_gets_traffic_again_after_it_restarts(backend, proxy):
     live = backend(name="live")
     revived_port = reserve_port()
     p = proxy({DOMAIN: [revived_port, live.port]}, env={"HOST_EJECT_SECONDS": "0.5"})
-    with session() as s:
+    with session(DOMAIN) as s:
         assert s.get(p.url("/proxy/first"), headers={"X-Request-ID": "first"}).ok
         assert outcomes(p.access("first"))[0] == "refused"
         revived = backend(name="revived", port=revived_port)
@@ -113,7 +108,7 @@ def test_ejected_host_gets_traffic_again_after_it_restarts(backend, proxy):
 def test_every_host_ejected_they_are_tried_anyway(backend, proxy):
     first, second = reserve_port(), reserve_port()
     p = proxy({DOMAIN: [first, second]})
-    with session() as s:
+    with session(DOMAIN) as s:
         r = s.get(p.url("/proxy/x"), headers={"X-Request-ID": "all-down"})
         assert r.status_code == 502
         assert SERVICE in r.json()["error"]
@@ -145,7 +140,7 @@ def flaky(failures: int, status: int = 503, headers=()):
 def test_idempotent_methods_are_retried_on_the_same_host(backend, proxy, method):
     b = backend(flaky(2))
     p = proxy({DOMAIN: [b.port]})
-    with session() as s:
+    with session(DOMAIN) as s:
         r = s.request(method, p.url("/proxy/x"), headers={"X-Request-ID": f"i-{method}"})
     assert (r.status_code, r.headers["X-Try"]) == (200, "3")
     assert outcomes(p.access(f"i-{method}")) == ["retryable_status 503"] * 2 + ["response 200"]
@@ -155,7 +150,7 @@ def test_idempotent_methods_are_retried_on_the_same_host(backend, proxy, method)
 def test_post_and_patch_are_never_sent_twice(backend, proxy, method):
     b = backend(flaky(5))
     p = proxy({DOMAIN: [b.port]})
-    with session() as s:
+    with session(DOMAIN) as s:
         r = s.request(method, p.url("/proxy/x"), data=b"pay", headers={"X-Request-ID": "np"})
     assert (r.status_code, r.text) == (503, "host's own 503 #1")
     assert b.count == 1
@@ -165,7 +160,7 @@ def test_post_and_patch_are_never_sent_twice(backend, proxy, method):
 def test_a_5xx_that_survives_retries_is_passed_through(backend, proxy, status):
     b = backend(flaky(10, status, headers=[("X-Own", "yes")]))
     p = proxy({DOMAIN: [b.port]})
-    with session() as s:
+    with session(DOMAIN) as s:
         r = s.get(p.url("/proxy/x"), headers={"X-Request-ID": "pt"})
     assert (r.status_code, r.text, r.headers["X-Own"]) == (status, f"host's own {status} #3",
                                                          "yes")
@@ -176,7 +171,7 @@ def test_a_5xx_that_survives_retries_is_passed_through(backend, proxy, status):
 def test_max_http_retries_zero_means_one_attempt(backend, proxy):
     b = backend(flaky(1))
     p = proxy({DOMAIN: [b.port]}, env={"MAX_HTTP_RETRIES": "0"})
-    with session() as s:
+    with session(DOMAIN) as s:
         assert s.get(p.url("/proxy/x")).status_code == 503
     assert b.count == 1
 
@@ -186,7 +181,7 @@ def test_max_http_retries_zero_means_one_attempt(backend, proxy):
 def test_retry_after_is_honoured_up_to_two_seconds(backend, proxy, retry_after, waits):
     b = backend(flaky(1, headers=[("Retry-After", retry_after)]))
     p = proxy({DOMAIN: [b.port]})
-    with session() as s:
+    with session(DOMAIN) as s:
         start = time.monotonic()
         r = s.get(p.url("/proxy/x"))
         took = time.monotonic() - start
@@ -198,7 +193,7 @@ def test_retry_after_is_honoured_up_to_two_seconds(backend, proxy, retry_after, 
 def test_429_with_retry_after_goes_back_to_the_client(backend, proxy):
     b = backend(flaky(1, 429, headers=[("Retry-After", "1")]))
     p = proxy({DOMAIN: [b.port]})
-    with session() as s:
+    with session(DOMAIN) as s:
         assert s.get(p.url("/proxy/x")).status_code == 429
     assert b.count == 1
 
@@ -221,7 +216,7 @@ def hanging(raw_backend):
 @pytest.mark.parametrize(("method", "attempts"), [("GET", 3), ("POST", 1)])
 def test_read_timeout_gives_504(hanging, proxy, method, attempts):
     p = proxy({DOMAIN: [hanging.port]}, env={"UPSTREAM_READ_TIMEOUT_SECONDS": "0.3"})
-    with session() as s:
+    with session(DOMAIN) as s:
         r = s.request(method, p.url("/proxy/x"), data=b"x" if method == "POST" else None,
                       headers={"X-Request-ID": "rt"})
     assert r.status_code == 504
@@ -245,7 +240,7 @@ def test_reset_after_the_body_is_read(raw_backend, proxy, method, size, deliveri
     b = raw_backend(handle)
     p = proxy({DOMAIN: [b.port]})
     payload = b"p" * size
-    with session() as s:
+    with session(DOMAIN) as s:
         r = s.request(method, p.url("/proxy/x"), data=payload)
     assert r.status_code == 502
     assert r.json()["error"].startswith(f"service '{SERVICE}'")
@@ -267,7 +262,7 @@ def test_a_host_that_dies_after_the_head_is_replaced_for_idempotent_methods(
     bodies = []
     dying, live = raw_backend(head_then_reset(bodies)), backend()
     p = proxy({DOMAIN: [dying.port, live.port]}, server=server)
-    with session() as s:
+    with session(DOMAIN) as s:
         r = s.get(p.url("/proxy/x"), headers={"X-Request-ID": "head-reset"})
     assert r.status_code == 200
     assert live.count == 1
@@ -278,7 +273,7 @@ def test_a_post_whose_answer_broke_off_is_not_sent_again(raw_backend, backend, p
     bodies = []
     dying, live = raw_backend(head_then_reset(bodies)), backend()
     p = proxy({DOMAIN: [dying.port, live.port]})
-    with session() as s:
+    with session(DOMAIN) as s:
         r = s.post(p.url("/proxy/x"), data=b"once")
     assert r.status_code == 502
     assert r.json()["error"].startswith(f"service '{SERVICE}'")
@@ -290,7 +285,7 @@ def test_attempts_never_exceed_the_bound(backend, proxy):
     dead, bad = reserve_port(), backend(flaky(100))
     p = proxy({DOMAIN: [dead, bad.port]}, env={"MAX_HTTP_RETRIES": "1",
                                                "MAX_FORWARD_RETRIES": "1"})
-    with session() as s:
+    with session(DOMAIN) as s:
         for i in range(4):
             s.get(p.url(f"/proxy/{i}"), headers={"X-Request-ID": f"b{i}"})
     counts = [len(p.access(f"b{i}")["upstream_attempts"]) for i in range(4)]
@@ -319,37 +314,49 @@ def test_killing_a_host_under_load_fails_no_request(tmp_path, proxy):
             wait_until(lambda port=port: accepts(port), 10, message=f"backend {port}")
         p = proxy({DOMAIN: ports}, env={"HOST_EJECT_SECONDS": "1"})
         failures, done = [], threading.Event()
-        count = itertools.count()
+        served = itertools.count()  # next(served) - 1 requests answered so far
 
         def client():
-            with session() as s:
+            with session(DOMAIN) as s:
                 while not done.is_set():
-                    next(count)
                     try:
                         r = s.get(p.url("/proxy/echo"))
                         if r.status_code != 200:
                             failures.append(r.status_code)
                     except requests.RequestException as exc:
                         failures.append(repr(exc))
+                    next(served)
+
+        def answered() -> int:
+            return next(served) - 1  # reading the counter advances it by one: undo that
+
+        def after(more: int, message: str) -> None:
+            target = answered() + more
+            wait_until(lambda: answered() >= target, 20, 0.01, message)
 
         threads = [threading.Thread(target=client) for _ in range(8)]
         for t in threads:
             t.start()
-        time.sleep(0.5)  # load running with all hosts up
+        after(100, "load with all hosts up")
         procs[1].kill()
         procs[1].wait()
-        time.sleep(1.5)  # load running with one host dead (through its ejection)
+        dead = f"127.0.0.1:{ports[1]} refused"
+        # Refused once, ejected for HOST_EJECT_SECONDS, then tried (and refused) again.
+        wait_until(lambda: sum(dead in e["upstream_attempts"] for e in p.access_log()) >= 2,
+                   20, 0.05, "the dead host to be tried again after its ejection")
         procs[1] = start_backend(ports[1])
         wait_until(lambda: accepts(ports[1]), 10, message="the restarted backend")
-        time.sleep(1.0)  # and after it came back
+        wait_until(lambda: any(e["upstream_host"] == f"127.0.0.1:{ports[1]}"
+                               for e in p.access_log()[-50:]), 20, 0.05,
+                   "the restarted host back in rotation")
+        after(100, "load after it came back")
         done.set()
         for t in threads:
             t.join(10)
-        total = next(count)
-        assert total > 100
+        assert answered() > 400
         assert failures == []
-        served = Counter(e["upstream_host"] for e in p.access_log()[-200:])
-        assert served[f"127.0.0.1:{ports[1]}"] > 0  # it is back in rotation
+        hosts = Counter(e["upstream_host"] for e in p.access_log()[-200:])
+        assert hosts[f"127.0.0.1:{ports[1]}"] > 0  # it is back in rotation
     finally:
         for proc in procs:
             proc.kill()

@@ -13,6 +13,7 @@ import pytest
 from support.proxy import REPO
 from wsgiproxy.errors import ConfigError
 from wsgiproxy.settings import load_settings, settings_table
+from wsgiproxy.upstream import RetryPolicy
 
 
 class _Source(decouple.Config):
@@ -37,7 +38,7 @@ def test_defaults_are_the_spec_table():
     assert (s.upstream_connect_timeout_seconds, s.upstream_read_timeout_seconds) == (2, 30)
     assert s.host_eject_seconds == 10
     assert s.max_request_body_bytes == 10485760
-    assert s.max_attempts == 9
+    assert RetryPolicy(s.max_http_retries, s.max_forward_retries).max_attempts == 9
 
 
 def test_values_are_parsed():

@@ -9,10 +9,10 @@ import threading
 import time
 
 import pytest
-import requests
 import urllib3
 
-from support.backends import Reply, read_request
+from support.backends import Reply, read_head, read_request
+from support.client import session
 from support.net import raw_exchange, reserve_port, wait_until
 
 DOMAIN = "svc.test"
@@ -29,16 +29,13 @@ def early_hints_backend(conn: socket.socket, first: bytes) -> None:
         conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n")
         time.sleep(0.05)  # the host's think time: the 200 comes in a later segment
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return
-            data += chunk
+        data = read_head(conn)
+        if data is None:
+            return
 
 
 def test_stock_urllib3_takes_103_as_final_and_leaks_the_200(raw_backend):
-    """Why wsgiproxy.transport.FinalResponse exists. If this fails, http.client has
+    """Why wsgiproxy.upstream.transport.FinalResponse exists. If this fails, http.client has
     learnt to skip interim responses and FinalResponse can go."""
     backend = raw_backend(early_hints_backend)
     pool = urllib3.HTTPConnectionPool("127.0.0.1", backend.port, maxsize=1)
@@ -52,8 +49,7 @@ def test_stock_urllib3_takes_103_as_final_and_leaks_the_200(raw_backend):
 def test_interim_responses_are_skipped_and_never_leak(raw_backend, proxy, server):
     backend = raw_backend(early_hints_backend)
     p = proxy({DOMAIN: [backend.port]}, server=server)
-    with requests.Session() as s:
-        s.trust_env = False
+    with session() as s:
         for rid in ("first", "second", "third"):
             r = s.get(p.url("/proxy/x"), headers={"Host": DOMAIN, "X-Request-ID": rid})
             assert (r.status_code, r.text) == (200, rid)
@@ -135,8 +131,7 @@ def test_a_200_mib_response_raises_memory_by_under_50_mib(backend, proxy, server
         return Reply(200, [("Content-Length", str(n))], (block for _ in range(n // 65536)))
 
     p = proxy({DOMAIN: [backend(big).port]}, server=server)
-    with requests.Session() as s:
-        s.trust_env = False
+    with session() as s:
         s.get(p.url("/proxy/big?n=655360"), headers={"Host": DOMAIN}).raise_for_status()
         [pid] = p.worker_pids()
         baseline, _ = _rss_and_peak(pid)
@@ -168,8 +163,7 @@ def test_client_going_away_closes_the_upstream_connection(backend, proxy, server
 @pytest.mark.parametrize("server", SERVERS)
 def test_unreachable_host_gives_502_json(proxy, server):
     p = proxy({DOMAIN: [reserve_port()]}, server=server)
-    with requests.Session() as s:
-        s.trust_env = False
+    with session() as s:
         r = s.get(p.url("/proxy/x"), headers={"Host": DOMAIN})
     assert r.status_code == 502
     assert "svc-test" in r.json()["error"]

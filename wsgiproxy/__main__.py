@@ -10,7 +10,7 @@ monkey.patch_all()
 
 import sys  # noqa: E402
 
-from wsgiproxy.pywsgi_server import main  # noqa: E402
+from wsgiproxy.servers.pywsgi import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

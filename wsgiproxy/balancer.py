@@ -1,16 +1,11 @@
-"""Round-robin over a service's hosts, and the requests adapter that applies it.
+"""Which host of a service gets the next request: round-robin with passive ejection.
 
-:class:`RoundRobin` is pure bookkeeping (no I/O, so no greenlet switch can interleave a
-pick): hosts in routes-file order, one after the other, skipping a host that refused a
-connection until its ejection runs out. When every host is ejected they are tried
-anyway, in order: a guess beats a certain 502.
-
-:class:`RoundRobinAdapter` is mounted on the shared ``requests.Session`` at
-``http://<domain>/``. A request keeps its logical URL ``http://<domain>/<path>`` (which
-is what CacheControl keys its cache on, so a response fetched from one host serves the
-requests that round-robin sends to another); only the connection pool is swapped for
-the picked host's, through the hook requests documents for this,
-:meth:`~requests.adapters.HTTPAdapter.build_connection_pool_key_attributes`.
+Pure bookkeeping, no I/O (so no greenlet switch can interleave a pick, and nothing here
+imports a network library): hosts in routes-file order, one after the other, skipping a
+host that refused a connection until its ejection runs out. When every host is ejected
+they are tried anyway, in order: a guess beats a certain 502. The upstream client asks
+:meth:`RoundRobin.pick` for a host and reports back with :meth:`~RoundRobin.eject` and
+:meth:`~RoundRobin.mark_up`.
 """
 
 from __future__ import annotations
@@ -19,23 +14,14 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-from requests.adapters import HTTPAdapter
-from requests.models import Response
-
-from .cache_policy import SharedCacheAdapter
-from .exchange import current_exchange
-from .transport import UpstreamConnectionPool
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from requests import PreparedRequest
+    from .routes_file import Backend
 
-    from .routes import Backend
-
-__all__ = ["RoundRobin", "RoundRobinAdapter"]
+__all__ = ["HostStateListener", "RoundRobin"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,91 +95,3 @@ class RoundRobin:
             logger.warning("host %s is up again", host)
             if self._listener:
                 self._listener(host, True)
-
-
-class ProxyHTTPAdapter(HTTPAdapter):
-    """``HTTPAdapter`` without the client-side work a proxy must not do.
-
-    ``HTTPAdapter.build_response`` copies the headers into a dict (merging repeated
-    ones), guesses a text encoding and parses every ``Set-Cookie`` into a cookie jar.
-    The proxy reads status, headers and body from ``response.raw`` and passes cookies
-    through untouched, so none of that is wanted.
-    """
-
-    def build_response(self, req: PreparedRequest, resp: Any) -> Response:
-        response = Response()
-        response.status_code = resp.status
-        response.headers = resp.headers
-        response.raw = resp
-        response.reason = resp.reason
-        response.url = req.url or ""
-        response.request = req
-        response.connection = self
-        return response
-
-
-class RoundRobinAdapter(SharedCacheAdapter, ProxyHTTPAdapter):
-    """The adapter of one service: CacheControl on top, urllib3 ``Retry`` below,
-    and every request's connection taken from the pool of the next host in turn.
-
-    The MRO is RoundRobinAdapter → SharedCacheAdapter → CacheControlAdapter →
-    ProxyHTTPAdapter → HTTPAdapter, so a cache hit returns before a host is picked.
-
-    :param balancer: the service's :class:`RoundRobin`.
-    :param kwargs: passed on to :class:`~wsgiproxy.cache_policy.SharedCacheAdapter`
-        (``cache``, ``ttl``, ``max_object_bytes``) and from there to ``HTTPAdapter``
-        (``max_retries``, ``pool_maxsize``, ...).
-
-    Usage::
-
-        adapter = RoundRobinAdapter(RoundRobin(service.hosts, 10), cache=None,
-                                    max_retries=retry)
-        session.mount(f"http://{service.domain}/", adapter)
-    """
-
-    def __init__(self, balancer: RoundRobin, **kwargs: Any) -> None:
-        self.balancer = balancer
-        # The pool manager holds one pool per host (pool_connections = number of
-        # hosts, so none is ever evicted); this is a shortcut to them.
-        self._pools: dict[tuple[str, int], Any] = {}
-        kwargs.setdefault("pool_connections", len(balancer.hosts))
-        kwargs.setdefault("cache", None)
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False,
-                         **pool_kwargs: Any) -> None:
-        """Only for subclassing: swaps in the proxy's pool class (see :mod:`.transport`)."""
-        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-        self._pools = {}
-        self.poolmanager.pool_classes_by_scheme = {"http": UpstreamConnectionPool}
-
-    def build_connection_pool_key_attributes(  # type: ignore[override]
-        self, request: PreparedRequest, verify: Any, cert: Any = None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Only for subclassing: the next host's pool, whatever host the URL names."""
-        host = self.balancer.pick()
-        exchange = current_exchange.get()
-        if exchange is not None:
-            exchange.backend = host
-        logger.debug("%s %s -> %s", request.method, request.url, host)
-        return {"scheme": "http", "host": host.address, "port": host.port}, {}
-
-    def get_connection_with_tls_context(self, request: PreparedRequest, verify: Any,
-                                        proxies: Any = None, cert: Any = None) -> Any:
-        """Only for subclassing: the picked host's pool, looked up once per host.
-
-        ``HTTPAdapter``'s version parses the URL to select an outbound HTTP proxy and
-        builds a pool key on every request; a reverse proxy has no outbound proxy, and
-        its hosts are fixed at start-up.
-        """
-        host_params, _ = self.build_connection_pool_key_attributes(request, verify, cert)
-        key = (host_params["host"], host_params["port"])
-        pool = self._pools.get(key)
-        if pool is None:
-            pool = self._pools[key] = self.poolmanager.connection_from_host(**host_params)
-        return pool
-
-    def request_url(self, request: PreparedRequest, proxies: Any) -> str:
-        """Only for subclassing: the raw target (the connection sends it as it is)."""
-        exchange = current_exchange.get()
-        return exchange.target if exchange is not None else request.path_url

@@ -1,14 +1,16 @@
 """The errors the proxy itself answers with, each carrying its HTTP status.
 
-Raised anywhere in the request path, rendered in exactly one place
-(:meth:`wsgiproxy.handler.ProxyApp.__call__`) as ``{"error": "<message>"}``. Like h11's
-``error_status_hint`` and werkzeug's ``code``, the status belongs to the error class, so
-mapping errors to statuses is data, not a chain of ``except`` clauses.
+Raised anywhere in the request path and rendered by one function,
+:func:`error_response`, whichever path meets them: the WSGI app, pywsgi's and gunicorn's
+request parsers (through :func:`raw_error_response`) and the metrics/health server. Like
+h11's ``error_status_hint`` and werkzeug's ``code``, the status belongs to the error
+class, so mapping errors to statuses is data, not a chain of ``except`` clauses.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import ClassVar
 
@@ -17,17 +19,21 @@ __all__ = [
     "BadRequest",
     "BodyTooLarge",
     "ConfigError",
+    "ErrorResponse",
     "HeadersTooLarge",
     "InternalError",
-    "NotImplementedByProxy",
+    "MethodNotAllowed",
     "NoHostReachable",
     "NotCached",
     "NotFound",
+    "NotImplementedByProxy",
     "ProxyError",
     "URITooLong",
     "UpstreamTimeout",
-    "error_body",
+    "error_for_status",
+    "error_response",
     "raw_error_response",
+    "status_line",
 ]
 
 
@@ -53,7 +59,7 @@ class ProxyError(Exception):
 
 
 class BadRequest(ProxyError):
-    """Malformed request line, header or framing (SPEC §9)."""
+    """Malformed request line, header, framing or body (SPEC §9)."""
 
     status = HTTPStatus.BAD_REQUEST
     close_connection = True
@@ -63,6 +69,12 @@ class NotFound(ProxyError):
     """No service for the Host, or a path outside ``/proxy/`` (SPEC §4)."""
 
     status = HTTPStatus.NOT_FOUND
+
+
+class MethodNotAllowed(ProxyError):
+    """A method the metrics/health server does not serve."""
+
+    status = HTTPStatus.METHOD_NOT_ALLOWED
 
 
 class BodyTooLarge(ProxyError):
@@ -77,6 +89,18 @@ class HeadersTooLarge(ProxyError):
 
     status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
     close_connection = True
+
+
+class URITooLong(BadRequest):
+    """A request line longer than the server's limit."""
+
+    status = HTTPStatus.REQUEST_URI_TOO_LONG
+
+
+class NotImplementedByProxy(BadRequest):
+    """A transfer coding the proxy does not decode (only chunked is)."""
+
+    status = HTTPStatus.NOT_IMPLEMENTED
 
 
 class BadGateway(ProxyError):
@@ -109,32 +133,58 @@ class InternalError(ProxyError):
     status = HTTPStatus.INTERNAL_SERVER_ERROR
 
 
-class URITooLong(BadRequest):
-    """A request line longer than the server's limit."""
-
-    status = HTTPStatus.REQUEST_URI_TOO_LONG
-
-
-class NotImplementedByProxy(BadRequest):
-    """A transfer coding the proxy does not decode (only chunked is)."""
-
-    status = HTTPStatus.NOT_IMPLEMENTED
+_BY_STATUS: dict[int, type[ProxyError]] = {
+    400: BadRequest, 404: NotFound, 405: MethodNotAllowed, 413: BodyTooLarge,
+    414: URITooLong, 431: HeadersTooLarge, 501: NotImplementedByProxy,
+}
 
 
-def error_body(message: str) -> bytes:
-    """The JSON body of every error the proxy answers itself."""
-    return json.dumps({"error": message}).encode()
+def error_for_status(status: int, message: str) -> ProxyError:
+    """The error a server's own parser means by ``status`` (gunicorn decides statuses
+    itself); anything unexpected is a 400: the request could not be read."""
+    return _BY_STATUS.get(status, BadRequest)(message)
 
 
-def raw_error_response(status: int, message: str) -> bytes:
-    """A whole HTTP/1.1 error response, for a server that rejects a request before the
-    app sees it (a request line or header it cannot parse). Always closes: after a
-    parse error nothing more on that connection can be trusted."""
-    try:
-        reason = HTTPStatus(status).phrase
-    except ValueError:
-        reason = "Error"
-    body = error_body(message)
-    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
-    return head.encode("latin-1") + body
+def status_line(status: int, reason: str | None = None) -> str:
+    """``"404 Not Found"``: the reason given, or the standard phrase for the status."""
+    if not reason:
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Unknown"
+    return f"{status} {reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorResponse:
+    """An error as any server writes it: status line, headers and JSON body."""
+
+    status: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+def error_response(error: ProxyError, request_id: str | None = None) -> ErrorResponse:
+    """The one rendering of a :class:`ProxyError`: ``{"error": "..."}`` with its status.
+
+    ``Connection: close`` when the request body may be unread: reusing the connection
+    would read it as the next request.
+    """
+    body = json.dumps({"error": error.message}).encode()
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+               ("Cache-Control", "no-store")]
+    if request_id:
+        headers.append(("X-Request-ID", request_id))
+    if error.close_connection:
+        headers.append(("Connection", "close"))
+    return ErrorResponse(status_line(error.status.value, error.status.phrase), headers, body)
+
+
+def raw_error_response(error: ProxyError) -> bytes:
+    """A whole HTTP/1.1 response for a server that rejects a request before the app sees
+    it (a request line or header it cannot parse). Always closes: after a parse error
+    nothing more on that connection can be trusted."""
+    rendered = error_response(error)
+    lines = [f"HTTP/1.1 {rendered.status}", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in rendered.headers if k != "Connection"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + rendered.body

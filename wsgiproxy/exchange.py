@@ -1,27 +1,18 @@
 """What happened to one client request on its way through the proxy.
 
-An :class:`Exchange` is created per request by the handler and made current with
-:data:`current_exchange` for the duration of the upstream call. The layers below
-requests (the urllib3 pool and connection in :mod:`wsgiproxy.transport`) cannot be
-handed extra arguments through ``HTTPAdapter.send``, so they find it there: a
-``ContextVar`` is per greenlet under gevent (greenlet >= 1.0 gives each greenlet its own
-context), so concurrent requests never see each other's record.
-
-The record feeds the access log and the metrics: which hosts were tried and how each
-attempt ended, when the request was forwarded, when the host answered, how it ended.
+The handler creates an :class:`Exchange` per request and hands it, as an argument, to
+the upstream client, which records each attempt on it (host, outcome, status) and when
+the request left and was answered. The access log and the metrics read it when the
+response has finished. It is owned by the greenlet serving the request.
 """
 
 from __future__ import annotations
 
 import time
-from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Final
 
-if TYPE_CHECKING:
-    from .routes import Backend
-
-__all__ = ["Attempt", "Exchange", "Outcome", "current_exchange"]
+__all__ = ["Attempt", "CacheResult", "Exchange", "Outcome"]
 
 
 class Outcome:
@@ -34,6 +25,15 @@ class Outcome:
     READ_TIMEOUT: Final = "read_timeout"
     RESET: Final = "reset"  # connection broken after the request was sent
     INVALID_RESPONSE: Final = "invalid_response"  # not HTTP, or not parseable
+
+
+class CacheResult:
+    """How the cache answered: ``proxy_cache_requests_total{result}`` and the access log."""
+
+    NONE: Final = ""  # not consulted (a method the cache does not answer, caching off)
+    HIT: Final = "hit"
+    MISS: Final = "miss"
+    REVALIDATED: Final = "revalidated"  # stale, and the host's 304 made it fresh again
 
 
 @dataclass(slots=True)
@@ -55,24 +55,33 @@ class Exchange:
     service: str = ""  # "" until routed
     target: str = ""  # the raw target forwarded upstream, byte-for-byte
     attempts: list[Attempt] = field(default_factory=list)
-    backend: Backend | None = None  # the host picked for the attempt in progress
     forwarded_at: float = 0.0  # first time the request was handed to a host
     answered_at: float = 0.0  # when the final response's head arrived
-    cache: str = ""  # "hit", "revalidated", "miss", or "" when not consulted
-    cache_lookup: Any = None  # the cache's Lookup, handed on to the adapter on a miss
+    cache: str = CacheResult.NONE
     status: int = 0
     bytes_sent: int = 0
     complete: bool = True  # False when the response was broken off
 
-    def record(self, outcome: str, status: int = 0) -> None:
-        """Note one attempt on the host picked last."""
-        self.attempts.append(Attempt(str(self.backend), outcome, status))
+    # -- the attempt log the upstream client writes --------------------------------------
+    def attempted(self, host: str, outcome: str, status: int = 0) -> None:
+        """One attempt on ``host`` ended with ``outcome``."""
+        self.attempts.append(Attempt(host, outcome, status))
+
+    def sent(self, at: float) -> None:
+        """A request (head and body) was written to a host; the first one counts."""
+        if not self.forwarded_at:
+            self.forwarded_at = at
+
+    def answered(self, at: float) -> None:
+        """A response head arrived; the last one counts (it is the one served)."""
+        self.answered_at = at
+
+    def broke_off(self) -> None:
+        """The last attempt's host sent a response head, then failed before its body."""
+        if self.attempts:
+            self.attempts[-1].outcome = Outcome.RESET
 
     @property
     def upstream_host(self) -> str:
         """The host of the last attempt (the one that answered, if any did)."""
         return self.attempts[-1].host if self.attempts else ""
-
-
-#: The exchange of the request the current greenlet is forwarding.
-current_exchange: ContextVar[Exchange | None] = ContextVar("current_exchange", default=None)

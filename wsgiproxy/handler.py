@@ -2,14 +2,16 @@
 
 Usage::
 
-    gunicorn -c config/gunicorn.conf.py wsgiproxy:app     # production
-    gunicorn -k gevent wsgiproxy:app                      # the same app, default server settings
-    python -m wsgiproxy                                   # gevent's pywsgi, one process
+    gunicorn -k gevent wsgiproxy:app      # from the project root (reads gunicorn.conf.py)
+    python -m wsgiproxy                   # gevent's pywsgi, one process
 
 The app blocks on sockets while it waits for hosts, so it needs a server that runs each
 request in its own greenlet (gunicorn's gevent worker, gevent's pywsgi) with the standard
 library monkey-patched *before* this package builds its session. It is not meant for
 thread- or process-per-request servers: each waiting request would hold a thread.
+
+The app speaks WSGI on one side and :class:`~wsgiproxy.upstream.UpstreamResponse` on
+the other; it never sees a socket, a connection pool or a cache entry.
 """
 
 from __future__ import annotations
@@ -17,22 +19,21 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote
 
 from prometheus_client import REGISTRY
 
 from .bodies import read_request_body
-from .errors import InternalError, ProxyError, error_body
-from .exchange import Exchange
-from .headers import check_header_size, client_headers, request_id, upstream_headers
+from .errors import InternalError, ProxyError, error_response, status_line
+from .exchange import CacheResult, Exchange
+from .headers import check_header_size, request_id, upstream_headers
 from .logs import AccessLog, configure_logging
 from .metrics import Metrics
-from .routes import Routes, load_routes
-from .routing import Router
+from .router import Router
+from .routes_file import Routes, load_routes
 from .settings import Settings, load_settings
-from .upstream import Upstream, UpstreamBody
+from .upstream import UpstreamClient, UpstreamRequest
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -40,11 +41,27 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
     from prometheus_client import CollectorRegistry
 
-    from .cache_policy import Answer
+    from .routes_file import Service
+    from .upstream import Body, UpstreamResponse
+    from .upstream.transport import AttemptLog
 
-__all__ = ["ProxyApp", "create_app", "raw_target"]
+__all__ = ["ProxyApp", "Upstream", "create_app", "raw_target"]
 
 logger = logging.getLogger(__name__)
+
+#: Answers that came from the cache, as the ``X-Cache`` header tells the client.
+_FROM_CACHE = frozenset({CacheResult.HIT, CacheResult.REVALIDATED})
+
+
+class Upstream(Protocol):
+    """What the app needs of the upstream client (tests hand it their own)."""
+
+    def send(self, service: Service, request: UpstreamRequest,
+             log: AttemptLog) -> UpstreamResponse: ...
+
+    def update(self, services: Iterable[Service]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def raw_target(environ: WSGIEnvironment) -> str:
@@ -60,15 +77,6 @@ def raw_target(environ: WSGIEnvironment) -> str:
                  safe="/;=,@!$&'()*+:~", encoding="latin-1")
     query = environ.get("QUERY_STRING")
     return f"{path}?{query}" if query else path
-
-
-def _status_line(status: int, reason: str | None) -> str:
-    if not reason:
-        try:
-            reason = HTTPStatus(status).phrase
-        except ValueError:
-            reason = "Unknown"
-    return f"{status} {reason}"
 
 
 class FixedBody:
@@ -87,12 +95,47 @@ class FixedBody:
         self._on_close()
 
 
+class Delivery:
+    """A response body as the WSGI server iterates it: counts the bytes sent, says when
+    a host broke its body off, and records the request when the server closes it."""
+
+    __slots__ = ("_body", "_exchange", "_on_close", "_send_body")
+
+    def __init__(self, body: Body, exchange: Exchange, on_close: Callable[[], None],
+                 send_body: bool) -> None:
+        self._body = body
+        self._exchange = exchange
+        self._on_close = on_close
+        self._send_body = send_body  # False for HEAD (a stored GET has a body)
+
+    def __iter__(self) -> Iterator[bytes]:
+        if not self._send_body:
+            return
+        exchange = self._exchange
+        try:
+            for data in self._body:
+                exchange.bytes_sent += len(data)
+                yield data
+        except ConnectionResetError as exc:
+            logger.warning("request %s: %s after %d bytes", exchange.request_id, exc,
+                           exchange.bytes_sent)
+            raise
+
+    def close(self) -> None:
+        try:
+            self._body.close()
+        finally:
+            if self._send_body:
+                self._exchange.complete = self._body.complete
+            self._on_close()
+
+
 class ProxyApp:
     """The proxy as a WSGI callable.
 
     :param settings: process settings (body limit, ...).
     :param router: maps Host and target to a service.
-    :param upstream: sends to the service's hosts.
+    :param upstream: sends to the service's hosts (:class:`~wsgiproxy.upstream.UpstreamClient`).
     :param metrics: counts every request; None records nothing (the access log is kept).
     :param access_log: writes a request's access line (default: JSON on stdout).
 
@@ -133,67 +176,32 @@ class ProxyApp:
         check_header_size(environ)
         match = self.router.resolve(environ.get("HTTP_HOST"), exchange.path)
         exchange.service, exchange.target = match.service.name, match.target
-        if self.upstream.caching and exchange.method in ("GET", "HEAD"):
-            answer = self.upstream.cached(exchange, match.service, environ)
-            if answer is not None:
-                return self._answer_from_cache(start_response, exchange, answer)
         body, length = read_request_body(environ, self.settings.max_request_body_bytes)
-        headers = upstream_headers(environ, match.host, exchange.request_id, length)
-        response, first = self.upstream.fetch(exchange, match.service, exchange.method,
-                                              headers, body)
-        raw = response.raw
-        try:
-            out = client_headers(raw.headers.items(), connection=raw.headers.get("Connection"),
-                                 keep_length=not raw.chunked)
-        except ProxyError:
-            raw.close()
-            raw.release_conn()
-            raise
-        from_cache = getattr(response, "from_cache", False)
-        revalidated = getattr(response, "revalidated", False)
-        if self.upstream.caching and exchange.method in ("GET", "HEAD"):
-            exchange.cache = "revalidated" if revalidated else "hit" if from_cache else "miss"
-        out.append(("X-Cache", "HIT" if from_cache else "MISS"))
-        out.append(("X-Request-ID", exchange.request_id))
-        exchange.status = raw.status
-        start_response(_status_line(raw.status, raw.reason), out)
-        if from_cache and not revalidated:
-            time.sleep(0)  # as in _answer_from_cache
-        return UpstreamBody(raw, exchange, lambda: self._finished(exchange),
-                            send_body=exchange.method != "HEAD", first=first)
-
-    def _answer_from_cache(self, start_response: StartResponse, exchange: Exchange,
-                           answer: Answer) -> Iterable[bytes]:
-        exchange.cache, exchange.status = "hit", answer.status
-        headers = [*answer.headers, ("X-Cache", "HIT"), ("X-Request-ID", exchange.request_id)]
-        start_response(_status_line(answer.status, answer.reason), headers)
-        body = answer.body if exchange.method != "HEAD" else b""
-        exchange.bytes_sent = len(body)
-        # A hit does no I/O, so this greenlet would not yield: under keep-alive load it
-        # serves hit after hit while other connections wait. Yielding once (gevent.sleep(0)
-        # with the standard library patched) kept the hit path's p99 at 12 ms in make
-        # bench, against 31 ms without.
-        time.sleep(0)
-        return FixedBody([body] if body else [], lambda: self._finished(exchange))
+        request = UpstreamRequest(exchange.method, match.target,
+                                  upstream_headers(environ, match.host, exchange.request_id,
+                                                   length), body)
+        response = self.upstream.send(match.service, request, exchange)
+        exchange.cache, exchange.status = response.cache, response.status
+        headers = [*response.headers,
+                   ("X-Cache", "HIT" if response.cache in _FROM_CACHE else "MISS"),
+                   ("X-Request-ID", exchange.request_id)]
+        start_response(status_line(response.status, response.reason), headers)
+        if response.cache == CacheResult.HIT:
+            # A hit does no I/O, so this greenlet would not yield: under keep-alive load
+            # it serves hit after hit while other connections wait. Yielding once
+            # (gevent.sleep(0) with the standard library patched) kept the hit path's
+            # p99 at 12 ms in make bench, against 31 ms without.
+            time.sleep(0)
+        return Delivery(response.body, exchange, lambda: self._finished(exchange),
+                        send_body=exchange.method != "HEAD")
 
     def _error(self, start_response: StartResponse, error: ProxyError,
                exchange: Exchange) -> Iterable[bytes]:
-        body = error_body(error.message)
-        headers = [
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-store"),
-            ("X-Request-ID", exchange.request_id),
-        ]
-        if error.close_connection:
-            # The request body may be unread: reusing the connection would read it as
-            # the next request. Both servers close on an app's "Connection: close".
-            headers.append(("Connection", "close"))
+        rendered = error_response(error, exchange.request_id)
         exchange.status = error.status.value
-        exchange.bytes_sent = len(body)
-        start_response(_status_line(error.status.value, error.status.phrase), headers,
-                       sys.exc_info())
-        return FixedBody([body], lambda: self._finished(exchange))
+        exchange.bytes_sent = len(rendered.body)
+        start_response(rendered.status, rendered.headers, sys.exc_info())
+        return FixedBody([rendered.body], lambda: self._finished(exchange))
 
     def _finished(self, exchange: Exchange) -> None:
         """The response has ended (or was broken off): log it and count it, once."""
@@ -205,6 +213,12 @@ class ProxyApp:
         except Exception:
             logger.exception("request %s: recording the request failed", exchange.request_id)
 
+    def close(self) -> None:
+        """Close the upstream connections and write out the buffered access log."""
+        self.upstream.close()
+        if isinstance(self.access_log, AccessLog):
+            self.access_log.flush()
+
 
 def create_app(settings: Settings | None = None, routes: Routes | None = None,
                registry: CollectorRegistry | None = None) -> ProxyApp:
@@ -215,11 +229,7 @@ def create_app(settings: Settings | None = None, routes: Routes | None = None,
     settings = load_settings() if settings is None else settings
     configure_logging(settings.log_level)
     routes = load_routes(settings.configuration_filename) if routes is None else routes
-    if "gunicorn" in sys.modules:
-        from .gunicorn_server import adapt_gunicorn
-
-        adapt_gunicorn()
     metrics = Metrics(routes.services, registry or REGISTRY)
-    upstream = Upstream(routes.services, settings, host_listener=metrics.host_state,
-                        cache_errors=metrics.cache_error)
+    upstream = UpstreamClient(settings, routes.services, host_listener=metrics.host_state,
+                              cache_errors=metrics.cache_error)
     return ProxyApp(settings, Router(routes.services), upstream, metrics)

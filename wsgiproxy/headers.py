@@ -3,9 +3,7 @@
 Towards the host: hop-by-hop headers (and any header the client's ``Connection`` names)
 are dropped; ``Host`` is kept as the client sent it; ``X-Forwarded-For`` gets the
 client's address appended; ``X-Forwarded-Host`` and ``X-Forwarded-Proto`` are set;
-``X-Request-ID`` is the client's when it is sane, a new one otherwise. urllib3 would add
-``User-Agent`` and ``Accept-Encoding: identity`` when the client sent none; the proxy
-tells it not to, so the host sees what the client sent.
+``X-Request-ID`` is the client's when it is sane, a new one otherwise.
 
 Towards the client: the same hop-by-hop rule, repeated headers kept as separate lines,
 and any value a WSGI server would refuse (control characters) answered with 502 rather
@@ -19,17 +17,14 @@ import re
 from functools import lru_cache
 from typing import TYPE_CHECKING, Final
 
-from urllib3.util import SKIP_HEADER
-
 from .errors import BadGateway, BadRequest, HeadersTooLarge
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
-    from typing import Any
 
 __all__ = [
     "HOP_BY_HOP",
-    "EnvironHeaders",
+    "FIELD_VALUE",
     "MAX_HEADER_BYTES",
     "MAX_HEADER_LINE_BYTES",
     "client_headers",
@@ -55,8 +50,9 @@ MAX_HEADER_BYTES: Final = 64 * 1024
 MAX_HEADER_LINE_BYTES: Final = 8 * 1024
 
 _SANE_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-# VCHAR, obs-text, SP and HTAB (RFC 9110 §5.5); never CR, LF, NUL or other controls.
-_FIELD_VALUE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+#: A valid field value: VCHAR, obs-text, SP and HTAB (RFC 9110 §5.5); never CR, LF,
+#: NUL or other controls.
+FIELD_VALUE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
 
 def request_id(client_value: str | None) -> str:
@@ -70,26 +66,6 @@ def request_id(client_value: str | None) -> str:
 def _header_name(wsgi_key: str) -> str:
     """``HTTP_X_FORWARDED_FOR`` → ``X-Forwarded-For`` (WSGI lost the original case)."""
     return wsgi_key[5:].replace("_", "-").title()
-
-
-class EnvironHeaders:
-    """A read-only, case-insensitive view of the request headers in a WSGI environ:
-    enough for the cache to look a request up without building its upstream headers."""
-
-    __slots__ = ("_environ",)
-
-    def __init__(self, environ: Mapping[str, Any]) -> None:
-        self._environ = environ
-
-    def get(self, name: str, default: str | None = None) -> str | None:
-        key = name.upper().replace("-", "_")
-        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            key = "HTTP_" + key
-        value = self._environ.get(key, default)
-        return value if value is None or isinstance(value, str) else default
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name) is not None
 
 
 def connection_tokens(value: str | None) -> frozenset[str]:
@@ -132,12 +108,12 @@ def upstream_headers(
         name = _header_name(key)
         if name.lower() in dropped:
             continue
-        if not _FIELD_VALUE.fullmatch(value):
+        if not FIELD_VALUE.fullmatch(value):
             raise BadRequest(f"invalid character in header {name}")
         headers[name] = value
     content_type = environ.get("CONTENT_TYPE")
     if content_type:
-        if not _FIELD_VALUE.fullmatch(content_type):
+        if not FIELD_VALUE.fullmatch(content_type):
             raise BadRequest("invalid character in header Content-Type")
         headers["Content-Type"] = content_type
     if content_length is not None:
@@ -148,9 +124,6 @@ def upstream_headers(
     headers["X-Forwarded-Host"] = host
     headers["X-Forwarded-Proto"] = environ.get("wsgi.url_scheme", "http")
     headers["X-Request-ID"] = rid
-    # Without these, urllib3 would invent a User-Agent and "Accept-Encoding: identity".
-    headers.setdefault("User-Agent", SKIP_HEADER)
-    headers.setdefault("Accept-Encoding", SKIP_HEADER)
     return headers
 
 
@@ -171,7 +144,7 @@ def client_headers(
     for name, value in upstream:
         if name.lower() in dropped:
             continue
-        if not _FIELD_VALUE.fullmatch(value):
+        if not FIELD_VALUE.fullmatch(value):
             raise BadGateway(f"upstream sent an invalid {name} header")
         out.append((name, value))
     return out

@@ -34,23 +34,24 @@ __all__ = ["UNROUTED", "AccessLog", "access_fields", "configure_logging"]
 
 #: The service label of requests that matched no service (never the client's Host).
 UNROUTED: Final = "unrouted"
-_MARK: Final = "_wsgiproxy_handler"
 
 
-def _handler(stream: Any, fields: list[str], rename: dict[str, str]) -> logging.Handler:
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter(fields, rename_fields=rename, timestamp="time"))
-    setattr(handler, _MARK, True)
-    return handler
+class _AppLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The application log's handler: JSON lines on stderr."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.setFormatter(JsonFormatter(["levelname", "name", "message"],
+                                        rename_fields={"levelname": "level", "name": "logger"},
+                                        timestamp="time"))
 
 
 def configure_logging(level: str) -> None:
     """Install the application log's handler once (every gunicorn worker calls it)."""
     app = logging.getLogger("wsgiproxy")
     app.setLevel(level)
-    if not any(getattr(h, _MARK, False) for h in app.handlers):
-        app.addHandler(_handler(sys.stderr, ["levelname", "name", "message"],
-                                {"levelname": "level", "name": "logger"}))
+    if not any(isinstance(h, _AppLogHandler) for h in app.handlers):
+        app.addHandler(_AppLogHandler())
         app.propagate = False
 
 

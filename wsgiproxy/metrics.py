@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from .exchange import Exchange
-    from .routes import Backend, Service
+    from .routes_file import Backend, Service
 
 __all__ = ["BUCKETS", "METHODS", "Metrics", "exposition"]
 

@@ -1,8 +1,9 @@
 """Process settings, read once at start-up from the environment or a ``.env`` file.
 
-Every setting is one row of :data:`SETTINGS`: its name, default, parser and the sentence
-that documents it. The loader, the validation and the README's settings table all read
-that one table, the way gunicorn's ``Setting`` classes feed both its CLI and its docs.
+Each field of :class:`Settings` *is* a row of the settings table: its environment name,
+default, parser and the sentence that documents it live in the field's metadata, so
+the loader, the validation and the README's table (:func:`settings_table`) all read one
+definition, the way gunicorn's ``Setting`` classes feed both its CLI and its docs.
 
 The environment always wins over ``.env`` (python-decouple's rule); ``.env`` is looked
 up in the working directory, not next to this file, so an installed package behaves
@@ -11,6 +12,7 @@ like a checkout.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -107,74 +109,62 @@ class Setting:
     parse: Callable[[str, str], Any]
     doc: str
 
-    @property
-    def field(self) -> str:
-        return self.name.lower()
 
-
-#: The settings of SPEC §2 plus LOG_LEVEL, in the order the README lists them.
-SETTINGS: Final[tuple[Setting, ...]] = (
-    Setting("CONFIGURATION_FILENAME", "config/proxyConfig.yaml", _path,
-            "the YAML routes file (services, their domains and hosts, the listen address)"),
-    Setting("MAX_HTTP_RETRIES", "2", _non_negative_int,
-            "extra attempts on the same host after a transient failure "
-            "(idempotent methods only)"),
-    Setting("MAX_FORWARD_RETRIES", "2", _non_negative_int,
-            "further hosts tried after a host refuses the connection"),
-    Setting("HTTP_CACHE_TTL_SECONDS", "60", _non_negative_float,
-            "longest time a stored response is kept; 0 turns caching off"),
-    Setting("METRICS_ADDR", ":8090", _listen_addr,
-            "host:port of the metrics and health server; empty turns it off"),
-    Setting("CACHE_URL", "", _cache_url,
-            "empty: bounded in-process memory; redis://host:port/db: one cache shared by "
-            "every worker and replica"),
-    Setting("CACHE_MAX_ENTRIES", "10000", _positive_int,
-            "LRU bound of the in-memory cache"),
-    Setting("CACHE_MAX_OBJECT_BYTES", "1048576", _non_negative_int,
-            "larger responses stream through and are not stored"),
-    Setting("CACHE_MAX_BYTES", "268435456", _positive_int,
-            "byte bound of the in-memory cache (bodies, headers and an estimate of "
-            "overhead), per worker"),
-    Setting("UPSTREAM_CONNECT_TIMEOUT_SECONDS", "2", _positive_float,
-            "connect timeout per attempt"),
-    Setting("UPSTREAM_READ_TIMEOUT_SECONDS", "30", _positive_float,
-            "read timeout per attempt (between bytes); exceeded gives 504"),
-    Setting("HOST_EJECT_SECONDS", "10", _non_negative_float,
-            "how long a host that refused a connection is skipped"),
-    Setting("MAX_REQUEST_BODY_BYTES", "10485760", _non_negative_int,
-            "larger request bodies get 413 and never reach a backend"),
-    Setting("GRACEFUL_TIMEOUT", "30", _positive_int,
-            "seconds that requests in flight get to finish after SIGTERM, before the "
-            "process exits"),
-    Setting("LOG_LEVEL", "INFO", _log_level,
-            "level of the application log (the access log is always written)"),
-)
+def _setting(default: str, parse: Callable[[str, str], Any], doc: str) -> Any:
+    """A :class:`Settings` field; its environment name is the field name upper-cased."""
+    return dataclasses.field(metadata={"default": default, "parse": parse, "doc": doc})
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Parsed settings; field names are the lower-cased environment names."""
+    """Parsed settings: SPEC §2 plus the few this project adds, in the README's order.
 
-    configuration_filename: Path
-    max_http_retries: int
-    max_forward_retries: int
-    http_cache_ttl_seconds: float
-    metrics_addr: tuple[str, int] | None
-    cache_url: str
-    cache_max_entries: int
-    cache_max_object_bytes: int
-    cache_max_bytes: int
-    upstream_connect_timeout_seconds: float
-    upstream_read_timeout_seconds: float
-    host_eject_seconds: float
-    max_request_body_bytes: int
-    graceful_timeout: int
-    log_level: str
+    Field names are the lower-cased environment names.
+    """
 
-    @property
-    def max_attempts(self) -> int:
-        """Upper bound of upstream attempts per client request (SPEC §6)."""
-        return (1 + self.max_http_retries) * (1 + self.max_forward_retries)
+    configuration_filename: Path = _setting(
+        "config/proxyConfig.yaml", _path,
+        "the YAML routes file (services, their domains and hosts, the listen address)")
+    max_http_retries: int = _setting(
+        "2", _non_negative_int,
+        "extra attempts on the same host after a transient failure (idempotent methods only)")
+    max_forward_retries: int = _setting(
+        "2", _non_negative_int, "further hosts tried after a host refuses the connection")
+    http_cache_ttl_seconds: float = _setting(
+        "60", _non_negative_float, "longest time a stored response is kept; 0 turns caching off")
+    metrics_addr: tuple[str, int] | None = _setting(
+        ":8090", _listen_addr, "host:port of the metrics and health server; empty turns it off")
+    cache_url: str = _setting(
+        "", _cache_url,
+        "empty: bounded in-process memory; redis://host:port/db: one cache shared by every "
+        "worker and replica")
+    cache_max_entries: int = _setting("10000", _positive_int, "LRU bound of the in-memory cache")
+    cache_max_object_bytes: int = _setting(
+        "1048576", _non_negative_int, "larger responses stream through and are not stored")
+    cache_max_bytes: int = _setting(
+        "268435456", _positive_int,
+        "byte bound of the in-memory cache (bodies, headers and an estimate of overhead), "
+        "per worker")
+    upstream_connect_timeout_seconds: float = _setting(
+        "2", _positive_float, "connect timeout per attempt")
+    upstream_read_timeout_seconds: float = _setting(
+        "30", _positive_float, "read timeout per attempt (between bytes); exceeded gives 504")
+    host_eject_seconds: float = _setting(
+        "10", _non_negative_float, "how long a host that refused a connection is skipped")
+    max_request_body_bytes: int = _setting(
+        "10485760", _non_negative_int, "larger request bodies get 413 and never reach a backend")
+    graceful_timeout: int = _setting(
+        "30", _positive_int,
+        "seconds that requests in flight get to finish after SIGTERM, before the process exits")
+    log_level: str = _setting(
+        "INFO", _log_level, "level of the application log (the access log is always written)")
+
+
+#: The rows of the settings table, in field order.
+SETTINGS: Final[tuple[Setting, ...]] = tuple(
+    Setting(f.name.upper(), f.metadata["default"], f.metadata["parse"], f.metadata["doc"])
+    for f in dataclasses.fields(Settings)
+)
 
 
 def default_source() -> decouple.Config:
@@ -188,10 +178,8 @@ def default_source() -> decouple.Config:
 def load_settings(source: decouple.Config | None = None) -> Settings:
     """Read and validate every setting; the first bad one raises :class:`ConfigError`."""
     source = default_source() if source is None else source
-    values = {}
-    for setting in SETTINGS:
-        raw = source(setting.name, default=setting.default)
-        values[setting.field] = setting.parse(setting.name, str(raw))
+    values = {s.name.lower(): s.parse(s.name, str(source(s.name, default=s.default)))
+              for s in SETTINGS}
     return Settings(**values)
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-__all__ = ["HTTPBackend", "RawBackend", "Reply", "Seen"]
+__all__ = ["HTTPBackend", "RawBackend", "Reply", "Seen", "read_head", "read_request"]
 
 
 @dataclass
@@ -205,12 +205,9 @@ class RawBackend:
 
     def _serve(self, conn: socket.socket) -> None:
         try:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
+            data = read_head(conn)
+            if data is None:
+                return
             self.requests.append(data)
             self.handle(conn, data)
         except OSError:
@@ -239,6 +236,17 @@ class RawBackend:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def read_head(conn: socket.socket, data: bytes = b"") -> bytes | None:
+    """Bytes from ``conn`` up to the end of a request head (and whatever came with it);
+    None if the peer closed first."""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    return data
 
 
 def read_request(conn: socket.socket, first: bytes) -> tuple[bytes, bytes]:

@@ -154,8 +154,9 @@ class ProxyProcess:
     def access_log(self) -> list[dict]:
         """The JSON access lines written so far (stdout and stderr share the file)."""
         out = []
-        for line in self.log.splitlines():
-            if line.startswith("{") and '"attempts"' in line:
+        # Only whole lines: the proxy may be writing the last one as we read.
+        for line in self.log.splitlines(keepends=True):
+            if line.startswith("{") and '"attempts"' in line and line.endswith("\n"):
                 out.append(json.loads(line))
         return out
 

@@ -11,7 +11,7 @@ import pytest
 
 from support.proxy import REPO
 from wsgiproxy.errors import ConfigError
-from wsgiproxy.routes import Endpoint, load_routes
+from wsgiproxy.routes_file import Endpoint, load_routes
 
 GOOD = """
 proxy:

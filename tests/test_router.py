@@ -9,8 +9,8 @@ import pytest
 
 from wsgiproxy.balancer import RoundRobin
 from wsgiproxy.errors import BadRequest, NotFound
-from wsgiproxy.routes import Endpoint, Service
-from wsgiproxy.routing import Router
+from wsgiproxy.router import Router
+from wsgiproxy.routes_file import Endpoint, Service
 
 A = Service("a", "a.example", (Endpoint("127.0.0.1", 1),))
 B = Service("b", "b.example", (Endpoint("127.0.0.1", 2),))

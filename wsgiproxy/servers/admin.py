@@ -21,6 +21,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ..errors import MethodNotAllowed, NotFound, ProxyError, error_response
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
@@ -62,8 +64,8 @@ class AdminApp:
                  start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
-            return self._answer(start_response, "405 Method Not Allowed",
-                                {"error": "only GET and HEAD"}, [("Allow", "GET, HEAD")])
+            return self._error(start_response, MethodNotAllowed("only GET and HEAD"),
+                               [("Allow", "GET, HEAD")])
         if path == "/metrics":
             body = self.collect()
             start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST),
@@ -76,17 +78,24 @@ class AdminApp:
                 return self._answer(start_response, "200 OK", {"status": "ready"})
             return self._answer(start_response, "503 Service Unavailable",
                                 {"status": "shutting down"})
-        return self._answer(start_response, "404 Not Found",
-                            {"error": "not found: try /metrics, /healthz or /readyz"})
+        return self._error(start_response,
+                           NotFound("not found: try /metrics, /healthz or /readyz"))
 
     @staticmethod
-    def _answer(start_response: StartResponse, status: str, data: dict[str, str],
-                extra: list[tuple[str, str]] | None = None) -> list[bytes]:
+    def _answer(start_response: StartResponse, status: str,
+                data: dict[str, str]) -> list[bytes]:
         body = json.dumps(data).encode()
         start_response(status, [("Content-Type", "application/json"),
                                 ("Content-Length", str(len(body))),
-                                ("Cache-Control", "no-store"), *(extra or [])])
+                                ("Cache-Control", "no-store")])
         return [body]
+
+    @staticmethod
+    def _error(start_response: StartResponse, error: ProxyError,
+               extra: list[tuple[str, str]] | None = None) -> list[bytes]:
+        rendered = error_response(error)
+        start_response(rendered.status, [*rendered.headers, *(extra or [])])
+        return [rendered.body]
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from support.net import reserve_port
-from wsgiproxy.cache import Entry, MemoryCache, RedisCache, VaryIndex, from_wire
+from wsgiproxy.cache import Entry, MemoryStore, RedisStore, VaryIndex, from_wire
 
 
 def entry(body: bytes = b"x") -> Entry:
@@ -18,7 +18,7 @@ def entry(body: bytes = b"x") -> Entry:
 
 def test_memory_cache_is_bounded_in_entries_lru_first():
     clock = [0.0]
-    cache = MemoryCache(max_entries=3, max_bytes=10**9, ttl=60, clock=lambda: clock[0])
+    cache = MemoryStore(max_entries=3, max_bytes=10**9, ttl=60, clock=lambda: clock[0])
     for key in "abc":
         cache.set(key, entry())
     cache.get("a")  # a is now the most recently used
@@ -28,7 +28,7 @@ def test_memory_cache_is_bounded_in_entries_lru_first():
 
 
 def test_memory_cache_is_bounded_in_bytes():
-    cache = MemoryCache(max_entries=1000, max_bytes=10_000, ttl=60)
+    cache = MemoryStore(max_entries=1000, max_bytes=10_000, ttl=60)
     for i in range(50):
         cache.set(str(i), entry(b"y" * 1000))
     assert sum(1 for i in range(50) if cache.get(str(i)) is not None) <= 10
@@ -37,7 +37,7 @@ def test_memory_cache_is_bounded_in_bytes():
 
 def test_memory_cache_expires_entries():
     clock = [0.0]
-    cache = MemoryCache(max_entries=10, max_bytes=10**9, ttl=60, clock=lambda: clock[0])
+    cache = MemoryStore(max_entries=10, max_bytes=10**9, ttl=60, clock=lambda: clock[0])
     cache.set("short", entry(), expires=5)
     cache.set("capped", entry(), expires=3600)  # the TTL caps it at 60
     clock[0] = 5.01
@@ -48,7 +48,7 @@ def test_memory_cache_expires_entries():
 
 
 def test_memory_cache_ignores_an_entry_larger_than_itself():
-    cache = MemoryCache(max_entries=10, max_bytes=1000, ttl=60)
+    cache = MemoryStore(max_entries=10, max_bytes=1000, ttl=60)
     cache.set("big", entry(b"z" * 5000))
     assert cache.get("big") is None
 
@@ -67,7 +67,7 @@ def test_age_grows_with_residence():
 
 def test_redis_cache_breaks_instead_of_failing():
     errors = []
-    cache = RedisCache.from_url(f"redis://127.0.0.1:{reserve_port()}/0", ttl=60,
+    cache = RedisStore.from_url(f"redis://127.0.0.1:{reserve_port()}/0", ttl=60,
                                 on_error=errors.append)
     cache._retry_seconds = 60
     started = time.monotonic()

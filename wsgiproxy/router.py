@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from .errors import BadRequest, NotFound
-from .routes import Service, normalize_domain
+from .routes_file import Service, normalize_domain
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

@@ -7,10 +7,12 @@ Three things a proxy needs that urllib3's defaults do not do:
   pooled connection and is handed to the *next* request on it. :class:`FinalResponse`
   reads past every 1xx to the final response (CPython gh-88926 / bpo-44721).
 * **Byte-exact targets.** ``HTTPConnectionPool.urlopen`` percent-normalises a target
-  (``%2f`` becomes ``%2F``). The pool is handed a placeholder; :class:`UpstreamConnection`
-  sends the client's raw target from the current :class:`~wsgiproxy.exchange.Exchange`.
+  (``%2f`` becomes ``%2F``). The caller hands ``urlopen`` the raw target as a keyword
+  argument too (urllib3 passes extra keywords on to ``_make_request``, retries
+  included), and :meth:`UpstreamConnectionPool._make_request` sends that one.
 * **A record of attempts.** urllib3 retries inside ``urlopen``; the pool writes each
-  attempt and how it ended into the exchange, for the access log and the metrics.
+  attempt and how it ended into the :class:`AttemptLog` handed over the same way, for
+  the access log and the metrics.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import http.client
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool
@@ -31,18 +33,29 @@ from urllib3.exceptions import (
 )
 from urllib3.util import SKIP_HEADER
 
-from .exchange import Outcome, current_exchange
+from ..exchange import Outcome
+from .retry import RETRYABLE_STATUSES
 
 if TYPE_CHECKING:
     from urllib3.response import BaseHTTPResponse
 
-__all__ = ["RETRYABLE_STATUSES", "FinalResponse", "UpstreamConnection",
-           "UpstreamConnectionPool", "classify_error"]
+__all__ = ["AttemptLog", "FinalResponse", "UpstreamConnection", "UpstreamConnectionPool",
+           "classify_error"]
 
 logger = logging.getLogger(__name__)
 
-#: Statuses that mean "this host could not serve it now" (SPEC §6).
-RETRYABLE_STATUSES = frozenset({502, 503, 504})
+
+class AttemptLog(Protocol):
+    """Where the attempts of one client request are written
+    (:class:`~wsgiproxy.exchange.Exchange` is one)."""
+
+    def attempted(self, host: str, outcome: str, status: int = 0) -> None: ...
+
+    def sent(self, at: float) -> None: ...
+
+    def answered(self, at: float) -> None: ...
+
+    def broke_off(self) -> None: ...
 
 
 _MAX_LINE: Final = 65536
@@ -145,7 +158,8 @@ class FinalResponse(http.client.HTTPResponse):
 
 
 class UpstreamConnection(HTTPConnection):
-    """Sends the exchange's raw target and notes when the request left and was answered."""
+    """Skips interim responses, writes validated header lines once, notes when a
+    request has been sent."""
 
     response_class = FinalResponse
 
@@ -185,22 +199,19 @@ class UpstreamConnection(HTTPConnection):
             return False
         return False
 
+    #: When the last request on this connection was written out (head and body).
+    sent_at: float = 0.0
+
     def request(
         self, method: str, url: str, body: Any = None, headers: Any = None, **kw: Any
     ) -> None:
-        exchange = current_exchange.get()
-        if exchange is not None:
-            url = exchange.target
+        if headers is not None:  # urlopen's own copy, made for this attempt
+            # Without these, urllib3 would invent a User-Agent and "Accept-Encoding:
+            # identity" when the client sent none: the host sees what the client sent.
+            headers.setdefault("User-Agent", SKIP_HEADER)
+            headers.setdefault("Accept-Encoding", SKIP_HEADER)
         super().request(method, url, body=body, headers=headers, **kw)
-        if exchange is not None and not exchange.forwarded_at:
-            exchange.forwarded_at = time.perf_counter()
-
-    def getresponse(self) -> Any:
-        response = super().getresponse()
-        exchange = current_exchange.get()
-        if exchange is not None:
-            exchange.answered_at = time.perf_counter()
-        return response
+        self.sent_at = time.perf_counter()
 
 
 def classify_error(error: BaseException) -> str:
@@ -221,22 +232,37 @@ def classify_error(error: BaseException) -> str:
 
 
 class UpstreamConnectionPool(HTTPConnectionPool):
-    """An ``HTTPConnectionPool`` whose every attempt lands in the current exchange."""
+    """An ``HTTPConnectionPool`` that sends raw targets and logs every attempt.
+
+    ``urlopen`` callers pass ``target=`` (the raw target to send) and ``log=`` (an
+    :class:`AttemptLog`); urllib3 hands both to :meth:`_make_request` on every attempt.
+    """
 
     ConnectionCls = UpstreamConnection
 
-    def _make_request(
-        self, conn: Any, method: str, url: str, *args: Any, **kwargs: Any
+    def __init__(self, host: str, port: int | None = None, **kwargs: Any) -> None:
+        super().__init__(host, port, **kwargs)
+        #: The host as the routes file and the logs write it.
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.label = f"{host}:{self.port}"
+
+    def _make_request(  # type: ignore[override]
+        self, conn: Any, method: str, url: str, *, target: str | None = None,
+        log: AttemptLog | None = None, **kwargs: Any,
     ) -> BaseHTTPResponse:
-        exchange = current_exchange.get()
-        if exchange is None:
-            return super()._make_request(conn, method, url, *args, **kwargs)
+        if target is None or log is None:  # a plain urlopen (Session.send)
+            return super()._make_request(conn, method, target or url, **kwargs)
+        conn.sent_at = 0.0
         try:
-            response = super()._make_request(conn, method, url, *args, **kwargs)
+            response = super()._make_request(conn, method, target, **kwargs)
         except BaseException as error:
-            exchange.record(classify_error(error))
+            if conn.sent_at:
+                log.sent(conn.sent_at)
+            log.attempted(self.label, classify_error(error))
             raise
+        log.sent(conn.sent_at)
+        log.answered(time.perf_counter())
         outcome = Outcome.RETRYABLE_STATUS if response.status in RETRYABLE_STATUSES \
             else Outcome.RESPONSE
-        exchange.record(outcome, response.status)
+        log.attempted(self.label, outcome, response.status)
         return response

@@ -29,21 +29,21 @@ import gevent
 import gevent.event
 from gevent import pywsgi
 
-from .errors import (
+from ..errors import (
     BadRequest,
-    ConfigError,
     HeadersTooLarge,
+    InternalError,
     NotImplementedByProxy,
     ProxyError,
     URITooLong,
+    error_for_status,
     raw_error_response,
 )
-from .headers import MAX_HEADER_BYTES, MAX_HEADER_LINE_BYTES
-from .routes import load_routes
-from .settings import load_settings
+from ..headers import FIELD_VALUE, MAX_HEADER_BYTES, MAX_HEADER_LINE_BYTES
+from . import load_config_or_exit
 
 if TYPE_CHECKING:
-    from .routes import Endpoint
+    from ..routes_file import Endpoint
 
 __all__ = ["ProxyHandler", "main", "serve"]
 
@@ -56,7 +56,6 @@ _TOO_LONG: Final = "\x00too-long\r\n"  # read_requestline's marker, never a real
 _REQUEST_LINE: Final = re.compile(
     r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) (HTTP/1\.[01])\r\n")
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_FIELD_VALUE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
 
 class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
@@ -128,7 +127,7 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
             if not colon or not _TOKEN.fullmatch(name):
                 raise BadRequest(f"invalid header name {name[:60]!r}")
             value = value.strip(" \t")
-            if not _FIELD_VALUE.fullmatch(value):
+            if not FIELD_VALUE.fullmatch(value):
                 raise BadRequest(f"invalid character in header {name}")
             headers[name] = value
 
@@ -201,18 +200,18 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
             self.response_headers.remove((b"Transfer-Encoding", b"chunked"))
 
     def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
-        if isinstance(ex, ProxyError):
-            status, message = ex.status.value, ex.message
-        else:  # pywsgi's own errors (its body reader, for one)
-            status, message = 400, str(ex) or "bad request"
-        logger.info("rejected a request from %s: %s", self.client_address, message)
-        return str(status), raw_error_response(status, message)
+        # pywsgi's own errors (its body reader, for one) are the client's mistakes too.
+        error = ex if isinstance(ex, ProxyError) else BadRequest(str(ex) or "bad request")
+        logger.info("rejected a request from %s: %s", self.client_address, error.message)
+        return str(error.status.value), raw_error_response(error)
 
     def _send_error_response_if_possible(self, error_code: int) -> None:
         if self.response_length:
             self.close_connection = True
             return
-        body = raw_error_response(error_code, "internal server error")
+        error = InternalError("internal server error") if error_code >= 500 \
+            else error_for_status(error_code, "bad request")
+        body = raw_error_response(error)
         try:
             self.socket.sendall(body)
         except OSError:
@@ -279,19 +278,12 @@ def serve(app: Any, listen: Endpoint) -> ProxyServer:
 
 def main(argv: list[str] | None = None) -> int:
     """Run until SIGTERM or SIGINT, then drain; a bad setting or routes file exits 2."""
+    from ..handler import create_app
+    from ..metrics import exposition
     from .admin import AdminApp, Readiness
-    from .handler import create_app
-    from .logs import AccessLog, configure_logging
-    from .metrics import exposition
 
-    try:
-        settings = load_settings()
-        configure_logging(settings.log_level)
-        routes = load_routes(settings.configuration_filename)
-        app = create_app(settings, routes)
-    except ConfigError as error:
-        print(f"wsgiproxy: {error}", file=sys.stderr)
-        return 2
+    settings, routes = load_config_or_exit()
+    app = create_app(settings, routes)
     readiness = Readiness()
     # Before listening: a SIGTERM that arrives as soon as the port answers must drain,
     # not kill the process with the signal's default action.
@@ -316,7 +308,5 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("stopped (%s)", "all requests finished" if finished else "graceful timeout")
     if admin is not None:
         admin.stop(timeout=1)
-    app.upstream.close()
-    if isinstance(app.access_log, AccessLog):
-        app.access_log.flush()
+    app.close()
     return 0

@@ -1,0 +1,91 @@
+"""What the cache stores: a response with the times RFC 9111 needs to compute its age.
+
+At a URL whose responses ``Vary``, a :class:`VaryIndex` names the request headers that
+pick the variant, and each variant is an :class:`Entry` under its own key. The memory
+store keeps these objects as they are (a hit costs no decoding); the Redis store sends
+them through :meth:`Entry.to_wire` / :func:`from_wire` (msgpack).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Final
+
+import msgpack
+
+__all__ = ["ENTRY_OVERHEAD_BYTES", "Entry", "Stored", "VaryIndex", "from_wire"]
+
+logger = logging.getLogger(__name__)
+
+#: Bytes an entry costs beyond its body and headers (objects, dict slots): an estimate
+#: that keeps CACHE_MAX_BYTES honest for small responses.
+ENTRY_OVERHEAD_BYTES: Final = 600
+
+
+@dataclass(slots=True)
+class Entry:
+    """A stored response (RFC 9111 §3) and what is needed to compute its age (§4.2.3)."""
+
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]  # as the host sent them, minus Age and hop-by-hop
+    body: bytes
+    response_time: float  # wall clock when it was received
+    initial_age: float  # corrected_initial_age of §4.2.3
+    lifetime: float  # freshness lifetime, s-maxage > max-age > Expires, capped by the TTL
+    vary: dict[str, str] = field(default_factory=dict)  # request values it was stored for
+    revalidate: bool = False  # response said no-cache: never served without validation
+
+    def age(self, now: float) -> float:
+        return self.initial_age + max(0.0, now - self.response_time)
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    @property
+    def size(self) -> int:
+        return (len(self.body) + sum(len(k) + len(v) for k, v in self.headers)
+                + ENTRY_OVERHEAD_BYTES)
+
+    def to_wire(self) -> bytes:
+        data: bytes = msgpack.packb([1, self.status, self.reason, self.headers, self.body,
+                                     self.response_time, self.initial_age, self.lifetime,
+                                     self.vary, self.revalidate], use_bin_type=True)
+        return data
+
+
+@dataclass(slots=True, frozen=True)
+class VaryIndex:
+    """Stored at a URL whose response varies: the request headers that pick a variant."""
+
+    names: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return ENTRY_OVERHEAD_BYTES + sum(len(n) for n in self.names)
+
+    def to_wire(self) -> bytes:
+        data: bytes = msgpack.packb([2, list(self.names)], use_bin_type=True)
+        return data
+
+
+Stored = Entry | VaryIndex
+
+
+def from_wire(data: bytes) -> Stored | None:
+    """Decode what :meth:`Entry.to_wire` or :meth:`VaryIndex.to_wire` wrote; None if not."""
+    try:
+        item = msgpack.unpackb(data, raw=False)
+        if item[0] == 1:
+            return Entry(item[1], item[2], [tuple(h) for h in item[3]], item[4], *item[5:10])
+        if item[0] == 2:
+            return VaryIndex(tuple(item[1]))
+    except (ValueError, TypeError, IndexError, msgpack.UnpackException):
+        pass
+    logger.warning("ignoring a cache entry that cannot be decoded")
+    return None

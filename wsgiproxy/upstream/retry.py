@@ -1,0 +1,107 @@
+"""Every "may this request be tried again, where, after how long" asks one object.
+
+:class:`RetryPolicy` holds MAX_HTTP_RETRIES and MAX_FORWARD_RETRIES (SPEC §6) and the
+bound they make together. It answers for both loops a request can go round:
+
+* the same host, after the request was sent (read timeout, reset before a response,
+  502/503/504): urllib3 runs that loop inside ``urlopen``, with the ``Retry`` that
+  :meth:`RetryPolicy.same_host` builds (idempotent methods only, short exponential
+  backoff, ``Retry-After`` on a 503 up to 2 s);
+* another host, after this one failed before anything reached the client (connection
+  refused or timed out: the request never left; or a response head and then nothing):
+  :meth:`RetryPolicy.next_host`, asked by :class:`~wsgiproxy.upstream.adapter.ServiceAdapter`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from urllib3.util import Retry
+
+from ..exchange import Outcome
+
+__all__ = ["CONNECT_FAILURES", "IDEMPOTENT_METHODS", "RETRYABLE_STATUSES", "Failure",
+           "ProxyRetry", "RetryPolicy"]
+
+#: SPEC §6: only these are ever sent to a host a second time.
+IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+#: Statuses that mean "this host could not serve it now".
+RETRYABLE_STATUSES: Final = frozenset({502, 503, 504})
+#: Failures that mean the request never left: safe to send anywhere, for every method.
+CONNECT_FAILURES: Final = frozenset({Outcome.REFUSED, Outcome.CONNECT_TIMEOUT})
+#: A Retry-After longer than this is waited this long.
+RETRY_AFTER_CAP_SECONDS: Final = 2
+
+
+class ProxyRetry(Retry):
+    """urllib3 ``Retry`` that waits on ``Retry-After`` only with a 503.
+
+    ``Retry`` also retries 413 and 429 when they carry ``Retry-After``; a proxy passes
+    those to the client, whose request it is to repeat or not.
+    """
+
+    RETRY_AFTER_STATUS_CODES = frozenset({503})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often, and where, a request may be sent again.
+
+    :param http_retries: extra attempts on the same host (MAX_HTTP_RETRIES).
+    :param forward_retries: further hosts after one failed (MAX_FORWARD_RETRIES).
+    """
+
+    http_retries: int
+    forward_retries: int
+
+    @property
+    def max_attempts(self) -> int:
+        """The bound on attempts per client request: (1 + http) x (1 + forward)."""
+        return (1 + self.http_retries) * (1 + self.forward_retries)
+
+    def same_host(self) -> Retry:
+        """urllib3's ``Retry`` for the same-host loop. Connect failures are not retried
+        there (``connect=0``): :meth:`next_host` moves on instead, at once."""
+        return ProxyRetry(
+            total=self.http_retries,
+            connect=0,
+            read=self.http_retries,
+            status=self.http_retries,
+            other=0,
+            redirect=0,
+            allowed_methods=IDEMPOTENT_METHODS,
+            status_forcelist=RETRYABLE_STATUSES,
+            backoff_factor=0.05,  # 0 s, 0.1 s, 0.2 s, ...
+            backoff_max=1.0,
+            raise_on_status=False,  # give the client the host's last answer
+            raise_on_redirect=False,
+            respect_retry_after_header=True,
+            retry_after_max=RETRY_AFTER_CAP_SECONDS,
+        )
+
+    def next_host(self, *, method: str, failure: str, resendable: bool, hosts_tried: int,
+                  hosts: int, attempts: int) -> bool:
+        """Whether, after a host failed, another host may be tried now.
+
+        :param failure: where the attempt failed, a :class:`Failure`.
+        :param resendable: the request body can be sent again (not half streamed).
+        :param hosts_tried: distinct hosts tried so far, this one included.
+        :param hosts: hosts the service has.
+        :param attempts: attempts made so far, same-host retries included.
+        """
+        if hosts_tried > self.forward_retries or attempts >= self.max_attempts:
+            return False
+        if failure == Failure.NOT_SENT:  # any method, each host at most once
+            return hosts_tried < hosts
+        if failure == Failure.AFTER_HEAD:  # nothing reached the client yet
+            return method in IDEMPOTENT_METHODS and resendable
+        return False  # sent, and the same-host retries are used up: the host's answer stands
+
+
+class Failure:
+    """Where an attempt failed, as :meth:`RetryPolicy.next_host` weighs it."""
+
+    NOT_SENT: Final = "not_sent"  # refused, or timed out connecting: the request never left
+    AFTER_HEAD: Final = "after_head"  # the host sent a response head, then failed before its body
+    AFTER_SEND: Final = "after_send"  # read timeout, reset, garbage, after urllib3's retries
