@@ -18,6 +18,7 @@ RUN pip install --no-cache-dir -r requirements-runtime.txt
 
 COPY wsgiproxy/ wsgiproxy/
 COPY config/ config/
+COPY gunicorn.conf.py .
 
 # A system user with no home and no shell; gunicorn's config empties the metrics
 # directory at start, so a stale one from a restarted container is never summed in.
@@ -27,5 +28,6 @@ USER 10001
 
 EXPOSE 8080 8090
 
-# gunicorn binds 0.0.0.0:$PORT (see config/gunicorn.conf.py); SIGTERM drains gracefully.
-CMD ["gunicorn", "-c", "config/gunicorn.conf.py", "wsgiproxy:app"]
+# The documented command: gunicorn reads /app/gunicorn.conf.py by itself (binds
+# 0.0.0.0:$PORT, metrics on METRICS_ADDR, SIGHUP reloads routes, SIGTERM drains).
+CMD ["gunicorn", "-k", "gevent", "wsgiproxy:app"]

@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-runtime.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install test-tools run gunicorn demo test lint load-test bench bench-tools docker-build clean
+.PHONY: install test-tools run gunicorn check-config demo test lint load-test bench bench-tools docker-build clean
 
 $(STAMP): requirements.txt requirements-runtime.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,11 @@ install: $(STAMP)
 run: install            ## the proxy on gevent's pywsgi (routes: CONFIGURATION_FILENAME)
 	$(BIN)/python -m wsgiproxy
 
-gunicorn: install       ## the proxy under gunicorn with the production config
-	$(BIN)/gunicorn -c config/gunicorn.conf.py wsgiproxy:app
+gunicorn: install       ## the proxy under gunicorn (reads ./gunicorn.conf.py)
+	$(BIN)/gunicorn -k gevent wsgiproxy:app
+
+check-config: install   ## check the settings and the routes file, then exit
+	$(BIN)/python -m wsgiproxy --check-config
 
 demo: install           ## three sample backends + the proxy; Ctrl-C stops them all
 	$(BIN)/python scripts/demo.py

@@ -250,11 +250,12 @@ def main() -> int:
         start_wsgiproxy(procs, "wsgiproxy-pywsgi", ports["wsgiproxy-pywsgi"],
                         routes_file(work, ports["wsgiproxy-pywsgi"], DOMAIN, backend_ports),
                         server="pywsgi")
-        procs.start("hello", [PYTHON, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
-                              "--no-control-socket", "-b", f"127.0.0.1:{ports['hello']}",
-                              "--chdir", "bench", "hello:app"],
-                    env={"CONFIGURATION_FILENAME": str(routes), "METRICS_ADDR": "",
-                         "WEB_CONCURRENCY": str(args.workers)}, port=ports["hello"])
+        # The ceiling: the same command (and gunicorn.conf.py) serving a hello-world app.
+        procs.start("hello", [PYTHON, "-m", "gunicorn", "-k", "gevent", "-w",
+                              str(args.workers), "-b", f"127.0.0.1:{ports['hello']}",
+                              "bench.hello:app"],
+                    env={"CONFIGURATION_FILENAME": str(routes), "METRICS_ADDR": ""},
+                    port=ports["hello"])
 
         def url(target: str, path: str) -> str:
             prefix = "/proxy" if target.startswith("wsgiproxy") else ""

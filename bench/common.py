@@ -112,11 +112,9 @@ def routes_file(workdir: Path, listen: int, domain: str, ports: list[int]) -> Pa
 def start_wsgiproxy(procs: Processes, name: str, port: int, routes: Path, *,
                     server: str = "gunicorn", workers: int = 2,
                     env: dict[str, str] | None = None) -> subprocess.Popen:
-    env = {"CONFIGURATION_FILENAME": str(routes), "METRICS_ADDR": "",
-           "WEB_CONCURRENCY": str(workers), **(env or {})}
-    if server == "gunicorn":
-        argv = [PYTHON, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
-                "--no-control-socket", "wsgiproxy:app"]
+    env = {"CONFIGURATION_FILENAME": str(routes), "METRICS_ADDR": "", **(env or {})}
+    if server == "gunicorn":  # the documented command, from the project root
+        argv = [PYTHON, "-m", "gunicorn", "-k", "gevent", "-w", str(workers), "wsgiproxy:app"]
     else:
         argv = [PYTHON, "-m", "wsgiproxy"]
     return procs.start(name, argv, env=env, port=port)

@@ -1,5 +1,5 @@
-"""``make load-test``: three sample backends, the proxy under gunicorn's production
-config, and Locust headless against it; reports in reports/; non-zero if any request
+"""``make load-test``: three sample backends, the proxy under the documented gunicorn
+command, and Locust headless against it; reports in reports/; non-zero if any request
 failed. LOAD_TEST_USERS (default 20) and LOAD_TEST_DURATION (default 60s) override."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def main() -> int:
                         env={"METRICS_ADDR": f"127.0.0.1:{metrics}"},
                         workers=int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 1)))
         print(f"load test: {users} users for {duration} against http://127.0.0.1:{listen} "
-              f"(3 sample backends, gunicorn production config)", flush=True)
+              f"(3 sample backends, gunicorn -k gevent)", flush=True)
         log = reports / "locust.log"
         with log.open("wb") as out:
             locust = subprocess.run(

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from support.net import raw_exchange
+from support.net import raw_exchange, wait_until
 from support.proxy import proxy_in_front
 
 DOMAIN = "svc.test"
@@ -125,3 +125,68 @@ def test_smuggled_second_request_is_never_forwarded(proxy):
     assert data.startswith(b"HTTP/1.1 400 ")
     assert data.count(b"\r\n\r\n") == 1  # one response, then the connection closed
     assert proxy.backend.count == before
+
+
+# -- malformed chunked bodies (SPEC §9): 400, Connection: close, one warning line ----------
+CHUNKED = f"POST /proxy/chunked HTTP/1.1\r\n{H.strip()}\r\nTransfer-Encoding: chunked\r\n\r\n"
+TAIL = b"GET /proxy/second HTTP/1.1\r\nHost: svc.test\r\n\r\n"  # must never be served
+MALFORMED_CHUNKS = [
+    pytest.param(b"0x5\r\nhello\r\n0\r\n\r\n", id="0x prefix"),
+    pytest.param(b"+5\r\nhello\r\n0\r\n\r\n", id="plus sign"),
+    pytest.param(b"-5\r\nhello\r\n0\r\n\r\n", id="minus sign"),
+    pytest.param(b"5 \r\nhello\r\n0\r\n\r\n", id="space after size"),
+    pytest.param(b" 5\r\nhello\r\n0\r\n\r\n", id="space before size"),
+    pytest.param(b"zz\r\nhello\r\n0\r\n\r\n", id="not hex"),
+    pytest.param(b"1ffffffffffffffff\r\nhello\r\n0\r\n\r\n", id="size too large"),
+    pytest.param(b"5\nhello\r\n0\r\n\r\n", id="bare LF after size"),
+    pytest.param(b"5\r\nhello\n0\r\n\r\n", id="bare LF after data"),
+    pytest.param(b"5\r\nhelloXY0\r\n\r\n", id="data not ended by CRLF"),
+    pytest.param(b"5;a\x01b\r\nhello\r\n0\r\n\r\n", id="control character in extension"),
+    pytest.param(b"5;=x\r\nhello\r\n0\r\n\r\n", id="extension without a name"),
+]
+
+
+def _send_and_read(port: int, data: bytes, half_close: bool = False) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def _malformed_body_warnings(proxy) -> list[str]:
+    return [line for line in proxy.log.splitlines() if "malformed request body" in line]
+
+
+@pytest.mark.parametrize("body", MALFORMED_CHUNKS)
+def test_a_malformed_chunked_body_is_400_and_closes(proxy, body):
+    before, warnings = proxy.backend.count, len(_malformed_body_warnings(proxy))
+    answer = _send_and_read(proxy.port, CHUNKED.encode() + body + TAIL)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b"\r\nConnection: close\r\n" in answer
+    assert b'{"error": "malformed request body' in answer
+    assert answer.count(b"HTTP/1.1 ") == 1  # the rest is never read as a second request
+    assert proxy.backend.count == before
+    wait_until(lambda: len(_malformed_body_warnings(proxy)) == warnings + 1, 5, 0.02,
+               "one warning line")
+    assert '"level": "WARNING"' in _malformed_body_warnings(proxy)[-1]
+    assert "Traceback" not in proxy.log
+    [after] = raw_exchange(proxy.port, OK)
+    assert after.status == 200
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param(b"5\r\nhel", id="cut in a chunk"),
+    pytest.param(b"5\r\nhello\r\n", id="no last chunk"),
+    pytest.param(b"5\r", id="cut in a size line"),
+])
+def test_a_truncated_chunked_body_is_400(proxy, body):
+    before = proxy.backend.count
+    answer = _send_and_read(proxy.port, CHUNKED.encode() + body, half_close=True)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b"\r\nConnection: close\r\n" in answer
+    assert proxy.backend.count == before
+    assert "Traceback" not in proxy.log

@@ -49,7 +49,8 @@ def test_dockerfile_runs_the_production_config_as_a_user():
     assert re.search(r"^FROM python:\d+\.\d+\.\d+-slim-\w+$", text, re.M)  # pinned, slim
     assert re.search(r"^USER 10001$", text, re.M)
     assert re.search(r"^EXPOSE 8080 8090$", text, re.M)
-    assert 'CMD ["gunicorn", "-c", "config/gunicorn.conf.py", "wsgiproxy:app"]' in text
+    assert 'CMD ["gunicorn", "-k", "gevent", "wsgiproxy:app"]' in text  # the README's command
+    assert re.search(r"^COPY gunicorn.conf.py \.$", text, re.M)  # which gunicorn reads by itself
     assert "PROMETHEUS_MULTIPROC_DIR=" in text
     # dependencies are installed before the code is copied (their own layer)
     assert text.index("pip install") < text.index("COPY wsgiproxy/")
@@ -70,8 +71,7 @@ def test_procfile_command_serves_the_proxy(backend, tmp_path):
     routes.write_text(routes_yaml(reserve_port(), {"paas.test": [b.port]}))
     env = {"PATH": f"{REPO / '.venv' / 'bin'}:{os.path.dirname(sys.executable)}:/usr/bin:/bin",
            "PORT": str(port), "CONFIGURATION_FILENAME": str(routes),
-           "METRICS_ADDR": f"127.0.0.1:{reserve_port()}", "WEB_CONCURRENCY": "1",
-           "GUNICORN_CMD_ARGS": "--no-control-socket"}
+           "METRICS_ADDR": f"127.0.0.1:{reserve_port()}", "WEB_CONCURRENCY": "1"}
     proc = subprocess.Popen(["sh", "-c", command], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -122,10 +122,13 @@ def test_deployment_matches_the_code():
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
     assert pod["spec"]["terminationGracePeriodSeconds"] > settings.graceful_timeout + pre_stop
 
-    # the routes file is mounted where CONFIGURATION_FILENAME says, and is valid
+    # the routes file is mounted where CONFIGURATION_FILENAME says, and is valid; as a
+    # directory, not with subPath, so an edited ConfigMap reaches a running pod
     [mount] = [m for m in container["volumeMounts"] if m["name"] == "routes"]
-    assert mount["mountPath"] == env["CONFIGURATION_FILENAME"]
-    routes_text = find("ConfigMap", "wsgiproxy-routes")["data"][mount["subPath"]]
+    assert "subPath" not in mount
+    directory, _, key = env["CONFIGURATION_FILENAME"].rpartition("/")
+    assert mount["mountPath"] == directory
+    routes_text = find("ConfigMap", "wsgiproxy-routes")["data"][key]
     routes = parse_routes(yaml.safe_load(routes_text), "k8s/configmap.yaml")
     assert routes.listen.port == ports["http"]
 

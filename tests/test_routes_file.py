@@ -114,8 +114,7 @@ def test_a_missing_file_is_named(tmp_path):
 def test_a_bad_file_stops_startup_with_one_line(tmp_path):
     path = write(tmp_path, _svc(hosts='[{address: "10.0.0.1", port: 70000}]'))
     for argv in ([sys.executable, "-m", "wsgiproxy"],
-                 [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
-                  "--no-control-socket", "wsgiproxy:app"]):
+                 [sys.executable, "-m", "gunicorn", "-k", "gevent", "wsgiproxy:app"]):
         result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=30,
                                 env={"PATH": "/usr/bin:/bin", "CONFIGURATION_FILENAME": str(path)})
         assert result.returncode == 2

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING, Final
 
-from .errors import BadRequest, BodyTooLarge
+from .errors import BadRequest, BodyTooLarge, MalformedBody, ProxyError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -51,7 +51,7 @@ class StreamedBody(io.RawIOBase):
         if self._left <= 0:
             return b""
         want = self._left if size is None or size < 0 else min(size, self._left)
-        data = self._stream.read(want)
+        data = _read(self._stream, want)
         if not data:
             raise ClientBodyError(f"request body ended {self._left} bytes early")
         self._left -= len(data)
@@ -67,11 +67,23 @@ class StreamedBody(io.RawIOBase):
         raise OSError("the request body was already streamed upstream; it cannot be resent")
 
 
+def _read(stream: BinaryIO, size: int) -> bytes:
+    """``stream.read(size)``; whatever the server's body reader raises (gunicorn's
+    ``InvalidChunkSize``, pywsgi's ``_InvalidClientInput``, ``NoMoreData``, ...) is the
+    client's malformed body, answered 400, never a 500."""
+    try:
+        return stream.read(size)
+    except ProxyError:
+        raise
+    except Exception as exc:
+        raise MalformedBody(f"malformed request body: {exc}") from None
+
+
 def _read_all(stream: BinaryIO, limit: int) -> bytes:
     chunks: list[bytes] = []
     total = 0
     while True:
-        chunk = stream.read(min(_READ_SIZE, limit + 1 - total))
+        chunk = _read(stream, min(_READ_SIZE, limit + 1 - total))
         if not chunk:
             return b"".join(chunks)
         total += len(chunk)
@@ -101,7 +113,7 @@ def read_request_body(
     if length > limit:
         raise BodyTooLarge(f"request body of {length} bytes is over the {limit}-byte limit")
     if length <= SMALL_BODY_BYTES:
-        body = stream.read(length) if length else b""
+        body = _read(stream, length) if length else b""
         if len(body) != length:
             raise BadRequest(f"request body ended {length - len(body)} bytes early")
         return body, length

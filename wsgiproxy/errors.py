@@ -10,6 +10,7 @@ class, so mapping errors to statuses is data, not a chain of ``except`` clauses.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import ClassVar
@@ -22,6 +23,7 @@ __all__ = [
     "ErrorResponse",
     "HeadersTooLarge",
     "InternalError",
+    "MalformedBody",
     "MethodNotAllowed",
     "NoHostReachable",
     "NotCached",
@@ -47,6 +49,8 @@ class ProxyError(Exception):
     status: ClassVar[HTTPStatus] = HTTPStatus.BAD_GATEWAY
     #: The client connection must not be reused (its request body was not read).
     close_connection: ClassVar[bool] = False
+    #: How loudly the app logs it: most are the client's business, not the operator's.
+    log_level: ClassVar[int] = logging.DEBUG
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -63,6 +67,15 @@ class BadRequest(ProxyError):
 
     status = HTTPStatus.BAD_REQUEST
     close_connection = True
+
+
+class MalformedBody(BadRequest):
+    """A request body the server cannot read: a bad chunk size or extension, a bare LF,
+    a missing CRLF, a body cut short (SPEC §9). Logged: it is a broken or hostile
+    client, and the operator may want to know which."""
+
+    status = HTTPStatus.BAD_REQUEST
+    log_level = logging.WARNING
 
 
 class NotFound(ProxyError):

@@ -163,8 +163,8 @@ class ProxyApp:
         try:
             return self._proxy(environ, start_response, exchange)
         except ProxyError as error:
-            logger.debug("request %s: %s %s", exchange.request_id, error.status.value,
-                         error.message)
+            logger.log(error.log_level, "request %s from %s: %s %s", exchange.request_id,
+                       exchange.client, error.status.value, error.message)
             return self._error(start_response, error, exchange)
         except Exception:
             logger.exception("request %s: unexpected error", exchange.request_id)
@@ -212,6 +212,15 @@ class ProxyApp:
                 self.metrics.finished(exchange, finished_at)
         except Exception:
             logger.exception("request %s: recording the request failed", exchange.request_id)
+
+    def reload(self, routes: Routes) -> None:
+        """Serve ``routes`` from now on. Services that did not change keep their
+        adapters (connections, ejected hosts); their cached entries stay, being keyed by
+        domain. A request already routed finishes on what it was routed with."""
+        self.upstream.update(routes.services)
+        if self.metrics is not None:
+            self.metrics.track(routes.services)
+        self.router = Router(routes.services)  # one assignment: a request sees old or new
 
     def close(self) -> None:
         """Close the upstream connections and write out the buffered access log."""

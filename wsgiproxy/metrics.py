@@ -7,7 +7,7 @@ sets. No raw path ever becomes a label.
 
 Under gunicorn every worker writes its values to files in PROMETHEUS_MULTIPROC_DIR
 (prometheus-client's multiprocess mode, chosen when prometheus_client is first imported,
-which is why ``config/gunicorn.conf.py`` sets the variable before anything imports it),
+which is why ``gunicorn.conf.py`` sets the variable before anything imports it),
 and the single metrics server in the master sums them (:func:`exposition`).
 
 Usage::
@@ -27,6 +27,8 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Metric,
+    ProcessCollector,
     generate_latest,
     multiprocess,
 )
@@ -34,12 +36,12 @@ from prometheus_client import (
 from .logs import UNROUTED
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable, Iterator
 
     from .exchange import Exchange
     from .routes_file import Backend, Service
 
-__all__ = ["BUCKETS", "METHODS", "Metrics", "exposition"]
+__all__ = ["BUCKETS", "METHODS", "Metrics", "ProcessesCollector", "ReloadMetrics", "exposition"]
 
 #: Seconds: sub-millisecond cache hits up to a minute-long stream.
 BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -89,13 +91,19 @@ class Metrics:
         self.in_flight = Gauge("proxy_requests_in_flight", "Requests being served.",
                                registry=registry, multiprocess_mode="livesum")
         self._children: dict[tuple[Any, ...], Any] = {}
-        for service in services:
-            for host in service.hosts:
-                self.host_up.labels(service.name, str(host)).set(1)
-            for result in CACHE_RESULTS:
-                self.cache.labels(service.name, result)
+        self.track(services)
         for operation in ("get", "set", "delete"):
             self.cache_errors.labels(operation)
+
+    def track(self, services: Iterable[Service]) -> None:
+        """Start the series of these services (at start-up and for a reload's new ones):
+        their hosts are up until one refuses, their cache results start at 0."""
+        for service in services:
+            for host in service.hosts:
+                if (id(self.host_up), service.name, str(host)) not in self._children:
+                    self._child(self.host_up, service.name, str(host)).set(1)
+            for result in CACHE_RESULTS:
+                self._child(self.cache, service.name, result)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, memoised without a lock (no switch can happen)."""
@@ -133,12 +141,82 @@ class Metrics:
         self._child(self.cache_errors, operation).inc()
 
 
-def exposition() -> bytes:
+class ReloadMetrics:
+    """``proxy_config_*``: reloads of the routes file, as Prometheus exports its own.
+
+    Under gunicorn the master counts them (it decides every reload for all workers).
+    """
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.reloads = Counter("proxy_config_reloads", "Reloads of the routes file, by "
+                               "result (success, failure).", ["result"], registry=registry)
+        self.last_successful = Gauge(
+            "proxy_config_last_reload_successful", "1 if the last reload of the routes "
+            "file succeeded, 0 if it was refused.", registry=registry,
+            multiprocess_mode="max")
+        self.last_success = Gauge(
+            "proxy_config_last_reload_success_timestamp_seconds", "When the routes file "
+            "was last loaded successfully (start-up counts).", registry=registry,
+            multiprocess_mode="max")
+        for result in ("success", "failure"):
+            self.reloads.labels(result)
+        self.last_successful.set(1)
+        self.last_success.set_to_current_time()
+
+    def succeeded(self) -> None:
+        self.reloads.labels("success").inc()
+        self.last_successful.set(1)
+        self.last_success.set_to_current_time()
+
+    def failed(self) -> None:
+        self.reloads.labels("failure").inc()
+        self.last_successful.set(0)
+
+
+class ProcessesCollector:
+    """``process_*`` of several processes (gunicorn's master and workers), each series
+    labelled with ``pid`` and ``role``.
+
+    prometheus-client's ``ProcessCollector`` reports the one process that serves the
+    scrape; in multiprocess mode it is not used at all. This runs it for each process
+    the master names and labels what it returns.
+
+    :param processes: returns (pid, role) pairs, called at each scrape.
+    """
+
+    def __init__(self, processes: Callable[[], Iterable[tuple[int, str]]]) -> None:
+        self._processes = processes
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for pid, role in self._processes():
+            collector = ProcessCollector(pid=_constant(pid), registry=None)
+            for family in collector.collect():
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(family.name,
+                                                            family.documentation,
+                                                            family.type)
+                for sample in family.samples:
+                    merged.add_sample(sample.name,
+                                      {**sample.labels, "pid": str(pid), "role": role},
+                                      sample.value)
+        yield from families.values()
+
+
+def _constant(value: int) -> Callable[[], int]:
+    return lambda: value
+
+
+def exposition(registry: CollectorRegistry = REGISTRY,
+               processes: Callable[[], Iterable[tuple[int, str]]] | None = None) -> bytes:
     """The text format of every metric: summed over gunicorn's workers when
-    PROMETHEUS_MULTIPROC_DIR is set, this process's otherwise."""
+    PROMETHEUS_MULTIPROC_DIR is set (with ``process_*`` of each process ``processes``
+    names), ``registry``'s otherwise."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
-    return generate_latest(REGISTRY)
+        if processes is not None:
+            registry.register(ProcessesCollector(processes))
+    return generate_latest(registry)

@@ -23,7 +23,8 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["Backend", "Endpoint", "Routes", "Service", "load_routes", "normalize_domain"]
+__all__ = ["Backend", "Endpoint", "Routes", "Service", "load_routes", "normalize_domain",
+           "parse_routes", "parse_routes_text", "read_routes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,18 +132,29 @@ def parse_routes(data: Any, source: str = "<routes>") -> Routes:
     return Routes(listen=listen, services=tuple(services))
 
 
-def load_routes(path: Path) -> Routes:
-    """Read, parse and validate the routes file at ``path``."""
+def read_routes(path: Path) -> tuple[Routes, str]:
+    """Read, parse and validate the routes file at ``path``; the routes and the text
+    they came from (a reload keeps the text it accepted)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(f"{path}: cannot read the routes file ({reason})") from None
+    return parse_routes_text(text, str(path)), text
+
+
+def parse_routes_text(text: str, source: str = "<routes>") -> Routes:
+    """Parse YAML text and validate it as a routes file."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "cannot be parsed"
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
-    return parse_routes(data, str(path))
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
+    return parse_routes(data, source)
+
+
+def load_routes(path: Path) -> Routes:
+    """Read, parse and validate the routes file at ``path``."""
+    return read_routes(path)[0]

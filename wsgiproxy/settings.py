@@ -156,6 +156,10 @@ class Settings:
     graceful_timeout: int = _setting(
         "30", _positive_int,
         "seconds that requests in flight get to finish after SIGTERM, before the process exits")
+    config_watch_seconds: float = _setting(
+        "2", _non_negative_float,
+        "how often the routes file is checked for changes (reloaded when its content "
+        "changes); 0: only SIGHUP reloads")
     log_level: str = _setting(
         "INFO", _log_level, "level of the application log (the access log is always written)")
 

@@ -45,7 +45,8 @@ def routes_yaml(listen_port: int, services: dict[str, list[int | tuple[str, int]
 class ProxyProcess:
     """Start wsgiproxy on a reserved port and wait until it answers.
 
-    :param server: "pywsgi" (``python -m wsgiproxy``) or "gunicorn" (production config).
+    :param server: "pywsgi" (``python -m wsgiproxy``) or "gunicorn"
+        (``gunicorn -k gevent -w N -b ... wsgiproxy:app`` from the project root).
     :param env: settings (SPEC §2) for the process; METRICS_ADDR defaults to a free port.
     :param workers: gunicorn workers.
     """
@@ -71,10 +72,10 @@ class ProxyProcess:
         if server == "pywsgi":
             self.argv = [sys.executable, "-m", "wsgiproxy"]
         elif server == "gunicorn":
-            self.env["WEB_CONCURRENCY"] = str(workers)
-            self.argv = [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py",
-                         "--no-control-socket", "-b", f"127.0.0.1:{self.port}",
-                         *(extra_args or []), "wsgiproxy:app"]
+            # The documented command, run from the project root: gunicorn reads
+            # gunicorn.conf.py from there by itself.
+            self.argv = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(workers),
+                         "-b", f"127.0.0.1:{self.port}", *(extra_args or []), "wsgiproxy:app"]
         else:
             raise ValueError(server)
         self.proc: subprocess.Popen | None = None
@@ -125,6 +126,18 @@ class ProxyProcess:
         self.stop()
 
     # -- helpers -------------------------------------------------------------------
+    def write_routes(self, services: dict[str, list], *, text: str | None = None) -> None:
+        """Replace the routes file (atomically, as an editor's save does): ``services``
+        in the usual form, or ``text`` as it is."""
+        staging = self.routes.with_suffix(".tmp")
+        staging.write_text(text if text is not None else routes_yaml(self.port, services))
+        os.replace(staging, self.routes)
+
+    def reload(self) -> None:
+        """SIGHUP to the process the README says to signal (pywsgi, or gunicorn's master)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 

@@ -2,8 +2,10 @@
 
 * ``GET /metrics`` — Prometheus text format (:func:`wsgiproxy.metrics.exposition`).
 * ``GET /healthz`` — 200 while the process is alive (a liveness probe).
-* ``GET /readyz`` — 200 while serving, 503 from the moment shutdown begins (a readiness
-  probe: the load balancer stops sending before the listener closes).
+* ``GET /readyz`` — 200 while requests can be served, 503 until then, whenever they
+  cannot (under gunicorn: no worker has booted, or all have crashed and are
+  restarting) and from the moment shutdown begins (so the load balancer stops sending
+  before the listener closes).
 
 Under ``python -m wsgiproxy`` it is a second gevent server in the same process; under
 gunicorn it runs once, in the master, in a thread (the master is not monkey-patched),
@@ -34,19 +36,36 @@ logger = logging.getLogger(__name__)
 
 
 class Readiness:
-    """Whether the process should be sent traffic; flips once, at shutdown."""
+    """Whether the process should be sent traffic, and why not.
 
-    def __init__(self) -> None:
-        self._event = threading.Event()
+    :param serving: whether requests can be served now (under gunicorn: a worker has
+        booted and is alive); None means as soon as :meth:`started` is called.
+    """
+
+    def __init__(self, serving: Callable[[], bool] | None = None) -> None:
+        self._serving = serving
+        self._started = threading.Event()
+        self._stopping = threading.Event()
+
+    def started(self) -> None:
+        self._started.set()
+
+    def problem(self) -> str | None:
+        """None when ready; otherwise what stands in the way."""
+        if self._stopping.is_set():
+            return "shutting down"
+        if self._serving is not None:
+            return None if self._serving() else "no worker is serving"
+        return None if self._started.is_set() else "starting"
 
     @property
     def ready(self) -> bool:
-        return not self._event.is_set()
+        return self.problem() is None
 
     def shutting_down(self) -> None:
-        if not self._event.is_set():
+        if not self._stopping.is_set():
             logger.info("shutting down: /readyz now answers 503")
-        self._event.set()
+        self._stopping.set()
 
 
 class AdminApp:
@@ -74,10 +93,11 @@ class AdminApp:
         if path == "/healthz":
             return self._answer(start_response, "200 OK", {"status": "alive"})
         if path == "/readyz":
-            if self.readiness.ready:
+            problem = self.readiness.problem()
+            if problem is None:
                 return self._answer(start_response, "200 OK", {"status": "ready"})
             return self._answer(start_response, "503 Service Unavailable",
-                                {"status": "shutting down"})
+                                {"status": problem})
         return self._error(start_response,
                            NotFound("not found: try /metrics, /healthz or /readyz"))
 
@@ -100,6 +120,8 @@ class AdminApp:
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+    # SO_REUSEADDR (for TIME_WAIT), never SO_REUSEPORT: a port another process listens
+    # on must fail to bind, not be shared.
     allow_reuse_address = True
 
 
@@ -109,7 +131,8 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def serve_in_thread(addr: tuple[str, int], app: AdminApp) -> WSGIServer:
-    """Serve ``app`` from a daemon thread (for gunicorn's master); returns the server."""
+    """Serve ``app`` from a daemon thread (for gunicorn's master); returns the server.
+    Raises ``OSError`` when ``addr`` cannot be bound."""
     server = make_server(addr[0], addr[1], app, _ThreadingServer, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="wsgiproxy-admin",
                      daemon=True).start()

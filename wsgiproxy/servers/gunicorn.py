@@ -1,21 +1,32 @@
-"""gunicorn integration: the worker class and server hooks ``config/gunicorn.conf.py``
-uses, and the two places where gunicorn's own answers would differ from the proxy's.
+"""gunicorn integration: the worker class and the server hooks ``gunicorn.conf.py``
+installs, so that ``gunicorn -k gevent wsgiproxy:app`` run from the project root (or
+the image's working directory, where gunicorn finds that file by itself) is the whole
+product.
 
 In the master (:class:`Hooks`):
 
-* ``on_starting`` empties PROMETHEUS_MULTIPROC_DIR (files of an earlier run would be
-  summed in); ``child_exit`` marks a dead worker's files (its live gauges go away).
-* ``when_ready`` starts the one metrics/health server (in a thread of the master)
-  and makes SIGTERM, SIGINT and SIGQUIT flip ``/readyz`` to 503 before anything else.
-* ``post_fork`` closes that server's socket in each worker.
+* ``on_starting`` checks the settings and the routes file, that the proxy's port and
+  METRICS_ADDR are free (one line and exit 2 otherwise), and that the worker is
+  gevent's (``-k gevent`` is run as this module's :class:`GeventWorker`); empties
+  PROMETHEUS_MULTIPROC_DIR; starts the one metrics/health server; keeps the accepted
+  routes where workers load them from; takes over SIGHUP.
+* SIGHUP, or a change of the routes file's content (a watcher thread, every
+  CONFIG_WATCH_SECONDS), reloads the routes: a bad file is refused with one line and
+  the workers keep what they serve; a good one is kept and the workers are told
+  (SIGHUP to each) to load it in place: their connections, ejected hosts and cached
+  entries stay. gunicorn's own reload (new workers, config file read again) would
+  lose those, and a bad file would have stopped the master.
+* ``/readyz`` is 200 only while a worker that has loaded the app is alive; SIGTERM,
+  SIGINT and SIGQUIT turn it 503 before gunicorn acts on them. ``child_exit`` marks a
+  dead worker's metrics files and readiness.
+* ``/metrics`` sums the workers' metrics and adds ``process_*`` of each process,
+  labelled ``pid`` and ``role``.
 
 In each worker, :class:`GeventWorker` is gunicorn's gevent worker that, at shutdown,
-closes keep-alive connections waiting for their next request. gunicorn waits for every
-connection to end, and an idle one ends only after ``keepalive`` seconds: without this a
-stop would take the whole graceful timeout whenever a client kept a connection open.
-
-:func:`adapt_gunicorn` runs in each worker before it loads the app
-(:meth:`GeventWorker.init_process`):
+closes keep-alive connections waiting for their next request (gunicorn waits for every
+connection to end, and an idle one ends only after ``keepalive`` seconds: a stop would
+take the whole graceful timeout whenever a client kept a connection open), and
+:func:`adapt_gunicorn` runs before it loads the app:
 
 * Requests gunicorn's parser rejects (bad request line, duplicated Content-Length,
   header too large, ...) are answered with the proxy's JSON error instead of gunicorn's
@@ -31,30 +42,56 @@ stop would take the whole graceful timeout whenever a client kept a connection o
   gevent socket operation plus two system calls. A response with a known length up to
   64 KiB goes out in one; longer and streamed responses still get their head at once.
 
-Both are process-wide replacements of a gunicorn module attribute, made once per worker
-before it serves: gunicorn offers no hook for either.
+* gunicorn takes a chunk size of any number of hex digits and then waits for that many
+  bytes; more than 16 digits (2^64) is refused, as pywsgi does.
+
+These are replacements of gunicorn module attributes in the worker process, made before
+it serves: gunicorn offers no hook for them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import socket
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gevent
 from gunicorn import util as gunicorn_util
+from gunicorn.http import body as gunicorn_body
+from gunicorn.http import errors as gunicorn_errors
+from gunicorn.http import message as gunicorn_message
 from gunicorn.http import wsgi as gunicorn_wsgi
 from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
 
-from ..errors import error_for_status, raw_error_response
-from . import load_config_or_exit
+from ..errors import ConfigError, error_for_status, raw_error_response
+from ..logs import configure_logging
+from ..routes_file import load_routes
+from . import (
+    cannot_listen,
+    check_can_listen,
+    end_idle_connection,
+    load_config_or_exit,
+    metrics_url,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    import socket
     from wsgiref.simple_server import WSGIServer
 
+    from ..handler import ProxyApp
+    from ..reload import RoutesReloader
+    from .admin import Readiness
+
 __all__ = ["GeventWorker", "Hooks", "ProxyResponse", "adapt_gunicorn"]
+
+logger = logging.getLogger(__name__)
 
 
 def _write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
@@ -115,10 +152,23 @@ class ProxyResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
         return False  # never used by the proxy; it would overtake a pending head
 
 
+class StrictChunkedReader(gunicorn_body.ChunkedReader):  # type: ignore[misc]
+    """gunicorn's chunked-body reader, refusing a chunk size of more than 16 hex digits
+    (as pywsgi does) instead of waiting for more bytes than any body could have."""
+
+    def parse_chunk_size(self, unreader: Any, data: Any = None) -> Any:
+        size, rest = super().parse_chunk_size(unreader, data)
+        if size >= 1 << 64:
+            raise gunicorn_errors.InvalidChunkSize(b"chunk size over 16 hex digits")
+        return size, rest
+
+
 def adapt_gunicorn() -> None:
-    """Install the JSON error writer and the proxy's response class in this process."""
+    """Install the JSON error writer, the proxy's response class and the strict chunk
+    reader in this process."""
     gunicorn_wsgi.Response = ProxyResponse
     gunicorn_util.write_error = _write_json_error
+    gunicorn_message.ChunkedReader = StrictChunkedReader
 
 
 class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
@@ -153,28 +203,104 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
         while self._busy:
             for sock, busy in list(self._busy.items()):
                 if not busy:
-                    try:
-                        sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
+                    end_idle_connection(sock)
             gevent.sleep(0.05)
 
 
 # -- hooks ------------------------------------------------------------------------------
 class Hooks:
-    """gunicorn's server hooks, and the master's state between them (the metrics server).
+    """gunicorn's server hooks, and the master's state between them.
 
     ``gunicorn.conf.py`` makes one and names its methods as the hooks::
 
         hooks = Hooks()
         on_starting, when_ready, post_fork = hooks.on_starting, hooks.when_ready, ...
+
+    Methods named ``post_fork``, ``post_worker_init`` and ``worker_exit`` run in a
+    worker; the others in the master.
     """
 
     def __init__(self) -> None:
+        #: Checked when gunicorn reads its config file: a bad setting or routes file is
+        #: one line and exit 2 before gunicorn has started anything.
+        self.config = load_config_or_exit()
+        self.settings = self.config.settings
+        configure_logging(self.settings.log_level)  # the master's lines: reloads, readiness
+        self.server: Any = None  # gunicorn's Arbiter
+        self.runtime: Path | None = None  # ready markers and the accepted routes
         self.admin: WSGIServer | None = None
+        self.readiness: Readiness | None = None
+        self.reloader: RoutesReloader | None = None
+        self._file_changed = False
 
+    # -- master --------------------------------------------------------------------------
     def on_starting(self, server: Any) -> None:
-        """Empty PROMETHEUS_MULTIPROC_DIR: files of an earlier run would be summed in."""
+        from ..metrics import ReloadMetrics, exposition
+        from ..reload import RoutesReloader
+        from .admin import AdminApp, Readiness, serve_in_thread
+
+        self.server = server
+        self._use_our_worker(server)
+        settings, routes = self.settings, self.config.routes
+        inherited = "GUNICORN_FD" in os.environ or "LISTEN_FDS" in os.environ
+        for address in server.cfg.address:
+            if isinstance(address, tuple) and not inherited:
+                check_can_listen("the proxy", address)
+        self._empty_multiprocess_dir()
+        self.runtime = Path(tempfile.mkdtemp(prefix="wsgiproxy-"))
+        self._keep(self.config.routes_text)
+        self.readiness = Readiness(serving=self._a_worker_serves)
+        self.reloader = RoutesReloader(settings.configuration_filename, routes,
+                                       accept=self._accept, metrics=ReloadMetrics())
+        if settings.metrics_addr:
+            app = AdminApp(self.readiness, lambda: exposition(processes=self._processes))
+            try:
+                self.admin = serve_in_thread(settings.metrics_addr, app)
+            except OSError as error:
+                cannot_listen("METRICS_ADDR", settings.metrics_addr, error)
+        server.handle_hup = self._handle_hup
+        server.handle_term = self._not_ready_then(server.handle_term)
+        server.handle_int = self._not_ready_then(server.handle_int)
+        server.handle_quit = self._not_ready_then(server.handle_quit)
+
+    def when_ready(self, server: Any) -> None:
+        settings = self.settings
+        addresses = ", ".join(f"http://{a[0]}:{a[1]}" if isinstance(a, tuple) else str(a)
+                              for a in server.cfg.address)
+        server.log.info("wsgiproxy listening on %s (%d gevent workers%s); metrics on %s",
+                        addresses, server.num_workers,
+                        ", a SO_REUSEPORT socket each" if server.cfg.reuse_port else "",
+                        metrics_url(settings.metrics_addr))
+        if settings.config_watch_seconds:
+            threading.Thread(target=self._watch, name="wsgiproxy-routes-watch",
+                             daemon=True).start()
+
+    def child_exit(self, server: Any, worker: Any) -> None:
+        if self.runtime is not None:
+            (self.runtime / f"ready-{worker.pid}").unlink(missing_ok=True)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+    def on_exit(self, server: Any) -> None:
+        if self.runtime is not None:
+            shutil.rmtree(self.runtime, ignore_errors=True)
+
+    @staticmethod
+    def _use_our_worker(server: Any) -> None:
+        """``-k gevent`` means this module's :class:`GeventWorker`; nothing else runs
+        the proxy (it needs a greenlet per request)."""
+        if server.worker_class is _GunicornGeventWorker:
+            server.worker_class = GeventWorker
+        elif not issubclass(server.worker_class, GeventWorker):
+            print(f"wsgiproxy: needs gunicorn's gevent worker (-k gevent), not "
+                  f"{server.cfg.worker_class_str!r}", file=sys.stderr)
+            raise SystemExit(2)
+
+    @staticmethod
+    def _empty_multiprocess_dir() -> None:
+        """Files of an earlier run in PROMETHEUS_MULTIPROC_DIR would be summed in."""
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if directory:
             path = Path(directory)
@@ -182,31 +308,99 @@ class Hooks:
             for stale in path.glob("*.db"):
                 stale.unlink()
 
-    def when_ready(self, server: Any) -> None:
-        """Start the one metrics/health server; SIGTERM, SIGINT and SIGQUIT flip
-        ``/readyz`` to 503 before gunicorn acts on them."""
-        from ..metrics import exposition
-        from .admin import AdminApp, Readiness, serve_in_thread
+    @property
+    def accepted_routes(self) -> Path:
+        """Where workers load routes from: the last routes file the master accepted, so
+        that a worker (re)started after a bad edit still boots, on the good routes."""
+        assert self.runtime is not None
+        return self.runtime / "routes.yaml"
 
-        settings, _ = load_config_or_exit()
-        readiness = Readiness()
-        if settings.metrics_addr:
-            self.admin = serve_in_thread(settings.metrics_addr, AdminApp(readiness, exposition))
-            server.log.info("metrics and health on http://%s:%d/", *settings.metrics_addr)
+    def _keep(self, text: str) -> None:
+        staging = self.accepted_routes.with_suffix(".new")
+        staging.write_text(text, encoding="utf-8")
+        os.replace(staging, self.accepted_routes)  # a worker reads old or new, never half
 
-        def flip_then(original: Callable[[], None]) -> Callable[[], None]:
-            def handle() -> None:
-                readiness.shutting_down()
-                original()
-            return handle
+    def _accept(self, routes: Any, text: str) -> None:
+        self._keep(text)
+        for pid in self._ready_workers():
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
 
-        server.handle_term = flip_then(server.handle_term)
-        server.handle_int = flip_then(server.handle_int)
-        server.handle_quit = flip_then(server.handle_quit)
+    def _handle_hup(self) -> None:
+        """SIGHUP in the master (gunicorn calls it from its main loop)."""
+        assert self.reloader is not None
+        self.server.log.reopen_files()  # what gunicorn's HUP also does: log rotation
+        reason, self._file_changed = ("file changed" if self._file_changed else "SIGHUP"), False
+        self.reloader.reload(reason)
 
+    def _watch(self) -> None:
+        from ..reload import watch
+
+        settings = self.settings
+
+        def changed() -> None:
+            self._file_changed = True
+            os.kill(os.getpid(), signal.SIGHUP)  # reload in gunicorn's main loop
+
+        watch(settings.configuration_filename, settings.config_watch_seconds, changed,
+              time.sleep, lambda: False)
+
+    def _not_ready_then(self, handle: Any) -> Any:
+        def handle_signal() -> None:
+            assert self.readiness is not None
+            self.readiness.shutting_down()
+            handle()
+        return handle_signal
+
+    def _workers(self) -> list[int]:
+        for _ in range(3):  # gunicorn's main loop may change the dict as we copy it
+            try:
+                return list(self.server.WORKERS)
+            except RuntimeError:
+                continue
+        return []
+
+    def _ready_workers(self) -> list[int]:
+        runtime = self.runtime
+        assert runtime is not None
+        return [pid for pid in self._workers() if (runtime / f"ready-{pid}").exists()]
+
+    def _a_worker_serves(self) -> bool:
+        return bool(self._ready_workers())
+
+    def _processes(self) -> list[tuple[int, str]]:
+        return [(os.getpid(), "master")] + [(pid, "worker") for pid in self._workers()]
+
+    # -- workers -------------------------------------------------------------------------
     def post_fork(self, server: Any, worker: Any) -> None:
         if self.admin is not None:
             self.admin.socket.close()  # the master's; a worker must not hold it open
+        # The app is built from the settings in the environment: point it at the routes
+        # the master accepted, never at a file that may have been edited since.
+        os.environ["CONFIGURATION_FILENAME"] = str(self.accepted_routes)
+
+    def post_worker_init(self, worker: Any) -> None:
+        """The app is loaded: reload on SIGHUP from now on, and say this worker serves."""
+        from ..handler import ProxyApp
+
+        app = worker.wsgi
+        if isinstance(app, ProxyApp):  # the benchmark runs a hello-world app this way too
+            gevent.signal_handler(signal.SIGHUP, self._reload_worker, app)
+        (self.accepted_routes.parent / f"ready-{os.getpid()}").touch()
+        if isinstance(app, ProxyApp):
+            # Routes accepted while this worker was booting: no SIGHUP reached it for them.
+            self._reload_worker(app)
+
+    def _reload_worker(self, app: ProxyApp) -> None:
+        try:
+            routes = load_routes(self.accepted_routes)
+        except ConfigError as error:  # the master accepted it: only a vanished file
+            logger.error("worker %d: routes not reloaded: %s", os.getpid(), error)
+            return
+        app.reload(routes)
+        logger.debug("worker %d: serving %d services", os.getpid(), len(routes.services))
 
     def worker_exit(self, server: Any, worker: Any) -> None:
         from ..handler import ProxyApp
@@ -214,9 +408,3 @@ class Hooks:
         app = getattr(worker, "wsgi", None)  # unset when the app failed to load
         if isinstance(app, ProxyApp):
             app.close()  # the access-log lines still buffered, the upstream connections
-
-    def child_exit(self, server: Any, worker: Any) -> None:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            from prometheus_client import multiprocess
-
-            multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

@@ -7,7 +7,8 @@ reading of a request is what the host will read too (request smuggling):
   body read as the next request; ``Content-Length`` beside ``Transfer-Encoding`` is
   silently dropped; ``+5`` parses as 5;
 * a bare LF ends a line; ``Name : value`` and folded (obs-fold) lines are accepted;
-* the raw request target is not passed on (``PATH_INFO`` is decoded: ``%2F`` → ``/``).
+* the raw request target is not passed on (``PATH_INFO`` is decoded: ``%2F`` → ``/``);
+* a chunk extension is not checked at all (``5;\x01`` is a chunk of 5 bytes).
 
 :class:`ProxyHandler` parses the request line and headers itself, as strictly as
 gunicorn 27 does (RFC 9112), answers every rejection with the proxy's JSON error, passes
@@ -17,11 +18,11 @@ response is not held back by Nagle's algorithm waiting for the client's delayed 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 import signal
 import socket
-import sys
 import time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -29,6 +30,7 @@ import gevent
 import gevent.event
 from gevent import pywsgi
 
+from .. import __version__
 from ..errors import (
     BadRequest,
     HeadersTooLarge,
@@ -40,7 +42,7 @@ from ..errors import (
     raw_error_response,
 )
 from ..headers import FIELD_VALUE, MAX_HEADER_BYTES, MAX_HEADER_LINE_BYTES
-from . import load_config_or_exit
+from . import cannot_listen, end_idle_connection, load_config_or_exit, metrics_url
 
 if TYPE_CHECKING:
     from ..routes_file import Endpoint
@@ -58,11 +60,40 @@ _REQUEST_LINE: Final = re.compile(
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
+# RFC 9112 §7.1: chunk-size [ chunk-ext ] CRLF, at most 16 hex digits (as pywsgi), with
+# chunk-ext = *( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] ).
+_TOKEN_B: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED_B: Final = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+_CHUNK_LINE: Final = re.compile(rb"([0-9A-Fa-f]{1,16})((?:[ \t]*;[ \t]*" + _TOKEN_B
+                                + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN_B + rb"|" + _QUOTED_B
+                                + rb"))?)*)\r\n")
+_MAX_CHUNK_LINE: Final = 4096
+
+
+class StrictInput(pywsgi.Input):  # type: ignore[misc]
+    """pywsgi's request body, with each chunk-size line checked whole (see the module
+    doc). It replaces ``Input``'s private chunk-size reader, which reads byte by byte
+    and skips whatever follows a ``;``."""
+
+    def _Input__read_chunk_length(self, rfile: Any) -> int:  # pywsgi calls it by this name
+        line = rfile.readline(_MAX_CHUNK_LINE + 1)
+        match = _CHUNK_LINE.fullmatch(line)
+        if match is None:
+            self._chunked_input_error = True
+            raise pywsgi._InvalidClientInput(f"invalid chunk size line {line[:60]!r}")
+        size = int(match.group(1), 16)
+        if size == 0:
+            while self._Input__read_chunk_trailer(rfile):
+                pass
+        return size
+
+
 class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
     """A pywsgi handler that parses requests as strictly as the proxy needs."""
 
     response_use_chunked: bool
     server: ProxyServer
+    wsgi_input: Any
 
     def handle(self) -> None:
         try:
@@ -226,14 +257,16 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
 
     def close_idle(self) -> None:
         """End a keep-alive connection that is waiting for its next request."""
-        try:
-            self.socket.shutdown(socket.SHUT_RDWR)
-        except (OSError, AttributeError):
-            pass
+        if self.socket is not None:
+            end_idle_connection(self.socket)
 
     def get_environ(self) -> dict[str, Any]:
         env: dict[str, Any] = super().get_environ()
         env["RAW_URI"] = self.path
+        if self.wsgi_input.chunked_input and env["wsgi.input"] is self.wsgi_input:
+            self.wsgi_input = env["wsgi.input"] = StrictInput(
+                self.rfile, self.content_length, socket=self.wsgi_input.socket,
+                chunked_input=True)
         return env
 
 
@@ -269,39 +302,71 @@ class ProxyServer(pywsgi.WSGIServer):  # type: ignore[misc]
 
 
 def serve(app: Any, listen: Endpoint) -> ProxyServer:
-    """A started pywsgi server for ``app`` on ``listen``."""
+    """A started pywsgi server for ``app`` on ``listen``; ``OSError`` if it cannot bind."""
     server = ProxyServer((listen.address, listen.port), app, handler_class=ProxyHandler,
                          log=None, error_log=logger)
     server.start()
     return server
 
 
+def arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m wsgiproxy",
+        description="wsgiproxy, an HTTP reverse proxy, on gevent's pywsgi server. Settings "
+                    "come from the environment or .env (see the README); the routes file "
+                    "is CONFIGURATION_FILENAME. SIGHUP reloads the routes file; SIGTERM "
+                    "and SIGINT stop it gracefully.")
+    parser.add_argument("--check-config", action="store_true",
+                        help="check the settings and the routes file, print 'ok: N "
+                             "services' and exit 0, or the problem and exit 2")
+    parser.add_argument("--version", action="version", version=f"wsgiproxy {__version__}")
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run until SIGTERM or SIGINT, then drain; a bad setting or routes file exits 2."""
+    """Run until SIGTERM or SIGINT, then drain; a bad setting or routes file, or a port
+    that is taken, exits 2 with one line."""
     from ..handler import create_app
-    from ..metrics import exposition
+    from ..metrics import ReloadMetrics, exposition
+    from ..reload import RoutesReloader, watch
     from .admin import AdminApp, Readiness
 
-    settings, routes = load_config_or_exit()
+    args = arguments(argv)
+    config = load_config_or_exit()
+    settings, routes = config.settings, config.routes
+    if args.check_config:
+        print(f"ok: {len(routes.services)} services")
+        return 0
     app = create_app(settings, routes)
     readiness = Readiness()
-    # Before listening: a SIGTERM that arrives as soon as the port answers must drain,
-    # not kill the process with the signal's default action.
+    # Before listening: a signal that arrives as soon as the port answers must be
+    # handled, not kill the process with the signal's default action.
     stopping = gevent.event.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stopping.set)
+    reloader = RoutesReloader(settings.configuration_filename, routes,
+                              accept=lambda new, _text: app.reload(new),
+                              metrics=ReloadMetrics())
+    gevent.signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
+    admin = None
+    if settings.metrics_addr:
+        admin = pywsgi.WSGIServer(settings.metrics_addr, AdminApp(readiness, exposition),
+                                  log=None, error_log=logger)
+        try:
+            admin.start()
+        except OSError as error:
+            cannot_listen("METRICS_ADDR", settings.metrics_addr, error)
     try:
         server = serve(app, routes.listen)
-        admin = None
-        if settings.metrics_addr:
-            admin = pywsgi.WSGIServer(settings.metrics_addr, AdminApp(readiness, exposition),
-                                      log=None, error_log=logger)
-            admin.start()
     except OSError as error:
-        print(f"wsgiproxy: cannot listen: {error}", file=sys.stderr)
-        return 1
-    logger.info("wsgiproxy listening on %s (pywsgi), %d services, metrics on %s",
-                routes.listen, len(routes.services), settings.metrics_addr)
+        cannot_listen("proxy.listen", (routes.listen.address, routes.listen.port), error)
+    readiness.started()
+    logger.info("wsgiproxy listening on http://%s (pywsgi), %d services, metrics on %s",
+                routes.listen, len(routes.services),
+                metrics_url(settings.metrics_addr))
+    if settings.config_watch_seconds:
+        gevent.spawn(watch, settings.configuration_filename, settings.config_watch_seconds,
+                     lambda: reloader.reload("file changed"), gevent.sleep, stopping.is_set)
     stopping.wait()
     readiness.shutting_down()
     finished = server.drain(settings.graceful_timeout)
