@@ -88,6 +88,7 @@ class Processes:
     def __exit__(self, *exc: object) -> None:
         for name in list(self.procs):
             self.stop(name)
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def sample_backend(procs: Processes, name: str, port: int) -> None:
@@ -154,7 +155,7 @@ def _mib(value: str) -> float:
 def wrk(url: str, *, seconds: float, connections: int, threads: int = 1,
         headers: dict[str, str] | None = None, timeout: str = "10s") -> WrkResult:
     argv = [require("wrk", "wrk"), "--latency", "-t", str(threads), "-c", str(connections),
-            "-d", f"{seconds}s", "--timeout", timeout]
+            "-d", f"{seconds:g}s", "--timeout", timeout]
     for k, v in (headers or {}).items():
         argv += ["-H", f"{k}: {v}"]
     out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout

@@ -28,10 +28,11 @@ def _clean_environ():
 
 @pytest.fixture
 def backend():
-    """Factory: ``backend(respond=None, name="")`` starts an :class:`HTTPBackend`."""
+    """Factory: ``backend(respond=None, name="", port=0, tls=None)`` starts an
+    :class:`HTTPBackend` (over TLS with an ``ssl.SSLContext``)."""
     with contextlib.ExitStack() as stack:
-        def start(respond=None, name: str = "", port: int = 0) -> HTTPBackend:
-            b = HTTPBackend(respond or echo, name, port)
+        def start(respond=None, name: str = "", port: int = 0, tls=None) -> HTTPBackend:
+            b = HTTPBackend(respond or echo, name, port, tls)
             return stack.enter_context(b)
         yield start
 

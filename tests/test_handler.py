@@ -17,12 +17,12 @@ from wsgiproxy.errors import BadGateway, UpstreamTimeout
 from wsgiproxy.exchange import CacheResult
 from wsgiproxy.handler import ProxyApp
 from wsgiproxy.metrics import Metrics
-from wsgiproxy.router import Router
-from wsgiproxy.routes_file import Endpoint, Service
+from wsgiproxy.routes_file import Backend, Endpoint, Routes, Service
 from wsgiproxy.settings import load_settings
 from wsgiproxy.upstream import StoredBody, UpstreamResponse
 
-SERVICE = Service("svc", "svc.test", (Endpoint("127.0.0.1", 9),))
+SERVICE = Service("svc", "svc.test", (Backend("127.0.0.1", 9),))
+ROUTES = Routes(Endpoint("127.0.0.1", 8080), (SERVICE,))
 
 
 @dataclass
@@ -65,16 +65,20 @@ def registry():
     return CollectorRegistry()
 
 
-@pytest.fixture
-def app(registry):
+def make_app(registry, settings=None):
     lines = []
     upstream = FakeUpstream()
-    application = ProxyApp(load_settings(), Router([SERVICE]), upstream,
+    application = ProxyApp(settings or load_settings(), ROUTES, upstream,
                            Metrics([SERVICE], registry),
                            access_log=lambda exchange, _: lines.append(exchange))
     application.lines = lines
     application.fake = upstream
     return application
+
+
+@pytest.fixture
+def app(registry):
+    return make_app(registry)
 
 
 def call(app, path="/proxy/x", method="GET", host="svc.test", body=b"", **headers):
@@ -152,8 +156,8 @@ def test_unrouted_requests_never_reach_the_upstream(app, path, host, status):
     assert app.lines[0].service == ""
 
 
-def test_a_body_over_the_limit_is_413_before_the_upstream(app, monkeypatch):
-    monkeypatch.setattr(app, "settings", load_settings_with(MAX_REQUEST_BODY_BYTES="4"))
+def test_a_body_over_the_limit_is_413_before_the_upstream(registry):
+    app = make_app(registry, load_settings_with(MAX_REQUEST_BODY_BYTES="4"))
     status, headers, _ = call(app, method="POST", body=b"12345")
     assert (status, headers["Connection"]) == ("413 Request Entity Too Large", "close")
     assert app.fake.requests == []

@@ -10,10 +10,10 @@ import pytest
 from wsgiproxy.balancer import RoundRobin
 from wsgiproxy.errors import BadRequest, NotFound
 from wsgiproxy.router import Router
-from wsgiproxy.routes_file import Endpoint, Service
+from wsgiproxy.routes_file import Backend, Service
 
-A = Service("a", "a.example", (Endpoint("127.0.0.1", 1),))
-B = Service("b", "b.example", (Endpoint("127.0.0.1", 2),))
+A = Service("a", "a.example", (Backend("127.0.0.1", 1),))
+B = Service("b", "b.example", (Backend("127.0.0.1", 2),))
 router = Router([A, B])
 
 
@@ -56,7 +56,7 @@ def test_resolve_refuses(host, target, error):
         router.resolve(host, target)
 
 
-HOSTS = tuple(Endpoint("127.0.0.1", p) for p in (1, 2, 3))
+HOSTS = tuple(Backend("127.0.0.1", p) for p in (1, 2, 3))
 
 
 def test_round_robin_is_exact_and_in_file_order():
@@ -68,7 +68,7 @@ def test_round_robin_is_exact_and_in_file_order():
 
 def test_round_robin_is_exact_under_concurrent_greenlets():
     rr = RoundRobin(HOSTS, eject_seconds=10)
-    picks: list[Endpoint] = []
+    picks: list[Backend] = []
 
     def client():
         for _ in range(10):
@@ -97,3 +97,43 @@ def test_when_every_host_is_ejected_they_are_tried_anyway():
     for h in HOSTS:
         rr.eject(h)
     assert {rr.pick() for _ in range(6)} == set(HOSTS)
+
+
+# -- weights (SPEC §14): smooth weighted round-robin, as nginx ---------------------------
+HEAVY, LIGHT = Backend("127.0.0.1", 7, weight=3), Backend("127.0.0.1", 8)
+
+
+def longest_run(picks, host) -> int:
+    best = run = 0
+    for p in picks:
+        run = run + 1 if p == host else 0
+        best = max(best, run)
+    return best
+
+
+def test_weights_3_and_1_give_30_and_10_never_more_than_3_in_a_row():
+    rr = RoundRobin((HEAVY, LIGHT), eject_seconds=10)
+    picks = [rr.pick() for _ in range(40)]
+    assert Counter(picks) == {HEAVY: 30, LIGHT: 10}
+    assert longest_run(picks, HEAVY) <= 3
+    assert picks[:4] == [HEAVY, HEAVY, LIGHT, HEAVY]  # spread, not three then one
+
+
+@pytest.mark.parametrize("weights", [(1, 1, 1), (5, 2, 1), (1, 100), (7, 3, 2, 1)])
+def test_every_host_gets_its_exact_share_over_a_cycle(weights):
+    hosts = tuple(Backend("127.0.0.1", i + 1, weight=w) for i, w in enumerate(weights))
+    rr = RoundRobin(hosts, eject_seconds=10)
+    picks = [rr.pick() for _ in range(sum(weights) * 5)]
+    assert Counter(picks) == {h: h.weight * 5 for h in hosts}
+
+
+def test_an_ejected_heavy_host_leaves_the_others_their_proportions():
+    third = Backend("127.0.0.1", 9, weight=2)
+    now = [0.0]
+    rr = RoundRobin((HEAVY, LIGHT, third), eject_seconds=10, clock=lambda: now[0])
+    rr.eject(HEAVY)
+    picks = [rr.pick() for _ in range(30)]
+    assert Counter(picks) == {LIGHT: 10, third: 20}
+    now[0] += 10.5  # the ejection has run out: back in with its weight
+    picks = [rr.pick() for _ in range(60)]
+    assert Counter(picks) == {HEAVY: 30, LIGHT: 10, third: 20}

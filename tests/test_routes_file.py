@@ -11,7 +11,7 @@ import pytest
 
 from support.proxy import REPO
 from wsgiproxy.errors import ConfigError
-from wsgiproxy.routes_file import Endpoint, load_routes
+from wsgiproxy.routes_file import TLS, Endpoint, Policy, load_routes
 
 GOOD = """
 proxy:
@@ -47,6 +47,24 @@ def test_a_good_file_becomes_frozen_dataclasses(tmp_path):
         service.name = "other"  # type: ignore[misc]
 
 
+def test_service_policy_tls_and_weights_are_read(tmp_path):
+    routes = load_routes(write(tmp_path, _svc(
+        hosts='[{address: "10.0.0.7", port: 9090, weight: 3}, {address: "10.0.0.8", port: 9090}]',
+        extra="tls: {server_name: a.internal, verify: false}\n"
+              "      timeouts: {connect_seconds: 0.5, read_seconds: 5}\n"
+              "      retries: {http: 0, forward: 1}\n"
+              "      eject_seconds: 30\n"
+              "      max_request_body_bytes: 1048576\n"
+              "      cache: {enabled: false}")))
+    [service] = routes.services
+    assert [h.weight for h in service.hosts] == [3, 1]
+    assert service.tls == TLS(verify=False, server_name="a.internal")
+    assert service.policy == Policy(connect_timeout_seconds=0.5, read_timeout_seconds=5,
+                                    http_retries=0, forward_retries=1, eject_seconds=30,
+                                    max_request_body_bytes=1048576, cache_enabled=False)
+    assert load_routes(write(tmp_path, _svc(extra="tls: true"))).services[0].tls == TLS()
+
+
 def _svc(extra: str = "", hosts: str = '[{address: "10.0.0.1", port: 9090}]',
          domain: str = "a.example") -> str:
     return f"""
@@ -75,8 +93,57 @@ BAD = [
     pytest.param(_svc(hosts='[{port: 9090}]'), "proxy.services[0].hosts[0].address: is required",
                  id="missing address"),
     pytest.param(_svc(extra="colour: blue"),
-                 "proxy.services[0].colour: unknown key (expected one of name, domain, hosts)",
+                 "proxy.services[0].colour: unknown key (expected one of name, domain, hosts, "
+                 "tls, timeouts, retries, eject_seconds, max_request_body_bytes, cache)",
                  id="unknown key"),
+    # SPEC §13 and §14: every new key has its one line
+    pytest.param(_svc(hosts='[{address: "10.0.0.1", port: 9090, weight: 0}]'),
+                 "proxy.services[0].hosts[0].weight: must be an integer from 1 to 100",
+                 id="weight 0"),
+    pytest.param(_svc(hosts='[{address: "10.0.0.1", port: 9090, weight: 101}]'),
+                 "proxy.services[0].hosts[0].weight: must be an integer from 1 to 100",
+                 id="weight over 100"),
+    pytest.param(_svc(extra="tls: yes please"),
+                 "proxy.services[0].tls: must be true, false, or a mapping of ca_file, "
+                 "server_name, verify, cert_file and key_file", id="tls not a mapping"),
+    pytest.param(_svc(extra="tls: {verify: maybe}"),
+                 "proxy.services[0].tls.verify: must be true or false", id="tls.verify"),
+    pytest.param(_svc(extra="tls: {server_name: 'a b'}"),
+                 "proxy.services[0].tls.server_name: must be a host name", id="tls.server_name"),
+    pytest.param(_svc(extra="tls: {sni: x}"),
+                 "proxy.services[0].tls.sni: unknown key (expected one of ca_file, "
+                 "server_name, verify, cert_file, key_file)", id="tls unknown key"),
+    pytest.param(_svc(extra="tls: {ca_file: /nonexistent/ca.pem}"),
+                 "proxy.services[0].tls.ca_file: cannot load /nonexistent/ca.pem: "
+                 "No such file or directory", id="tls.ca_file missing"),
+    pytest.param(_svc(extra="tls: {key_file: /k.pem}"),
+                 "proxy.services[0].tls.key_file: needs cert_file", id="key without cert"),
+    pytest.param(_svc(extra="timeouts: {connect_seconds: 0}"),
+                 "proxy.services[0].timeouts.connect_seconds: must be a number of seconds > 0",
+                 id="timeouts.connect_seconds"),
+    pytest.param(_svc(extra="timeouts: {read_seconds: soon}"),
+                 "proxy.services[0].timeouts.read_seconds: must be a number of seconds > 0",
+                 id="timeouts.read_seconds"),
+    pytest.param(_svc(extra="timeouts: {total: 3}"),
+                 "proxy.services[0].timeouts.total: unknown key (expected one of "
+                 "connect_seconds, read_seconds)", id="timeouts unknown key"),
+    pytest.param(_svc(extra="retries: {http: -1}"),
+                 "proxy.services[0].retries.http: must be a whole number >= 0",
+                 id="retries.http"),
+    pytest.param(_svc(extra="retries: {forward: 1.5}"),
+                 "proxy.services[0].retries.forward: must be a whole number >= 0",
+                 id="retries.forward"),
+    pytest.param(_svc(extra="eject_seconds: -1"),
+                 "proxy.services[0].eject_seconds: must be a number of seconds >= 0",
+                 id="eject_seconds"),
+    pytest.param(_svc(extra="max_request_body_bytes: 1MB"),
+                 "proxy.services[0].max_request_body_bytes: must be a whole number of bytes",
+                 id="max_request_body_bytes"),
+    pytest.param(_svc(extra="cache: {enabled: sometimes}"),
+                 "proxy.services[0].cache.enabled: must be true or false", id="cache.enabled"),
+    pytest.param(_svc(extra="cache: {ttl_seconds: -5}"),
+                 "proxy.services[0].cache.ttl_seconds: must be a number of seconds >= 0",
+                 id="cache.ttl_seconds"),
     pytest.param(_svc(domain="'bad domain'"),
                  "proxy.services[0].domain: must be a DNS name such as my-service.my-company.com",
                  id="bad domain"),

@@ -7,7 +7,7 @@ import pytest
 
 from support.backends import Reply
 from wsgiproxy.exchange import CacheResult, Exchange
-from wsgiproxy.routes_file import Endpoint, Service
+from wsgiproxy.routes_file import Backend, Service
 from wsgiproxy.settings import load_settings
 from wsgiproxy.upstream import UpstreamClient, UpstreamRequest
 from wsgiproxy.upstream.adapter import ServiceAdapter
@@ -15,7 +15,7 @@ from wsgiproxy.upstream.adapter import ServiceAdapter
 
 def service(*ports: int, domain: str = "svc.test") -> Service:
     return Service(domain.replace(".", "-"), domain,
-                   tuple(Endpoint("127.0.0.1", p) for p in ports))
+                   tuple(Backend("127.0.0.1", p) for p in ports))
 
 
 @pytest.fixture

@@ -1,16 +1,21 @@
-"""Which host of a service gets the next request: round-robin with passive ejection.
+"""Which host of a service gets the next request: smooth weighted round-robin with
+passive ejection.
 
 Pure bookkeeping, no I/O (so no greenlet switch can interleave a pick, and nothing here
-imports a network library): hosts in routes-file order, one after the other, skipping a
-host that refused a connection until its ejection runs out. When every host is ejected
-they are tried anyway, in order: a guess beats a certain 502. The upstream client asks
+imports a network library). Each host has a weight (1 unless the routes file says,
+1-100); picks follow nginx's smooth weighted round-robin: every pick adds each host's
+weight to its running score, takes the host with the highest score (the first in file
+order on a tie) and takes the sum of the weights off the winner. Equal weights give
+plain round-robin in file order; weights 3 and 1 give A A B A, so the heavier host
+never gets more than its share in a row. A host that refused a connection is left out
+(it neither scores nor is picked) until its ejection runs out; when every host is
+ejected they are tried anyway: a guess beats a certain 502. The upstream client asks
 :meth:`RoundRobin.pick` for a host and reports back with :meth:`~RoundRobin.eject` and
 :meth:`~RoundRobin.mark_up`.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -30,9 +35,9 @@ HostStateListener = Callable[["Backend", bool], None]
 
 
 class RoundRobin:
-    """The hosts of one service, each in turn, skipping ejected ones.
+    """The hosts of one service, each in turn by weight, skipping ejected ones.
 
-    :param hosts: in routes-file order.
+    :param hosts: in routes-file order; each with its ``weight``.
     :param eject_seconds: how long :meth:`eject` keeps a host out of rotation.
     :param clock: a monotonic clock; tests pass their own.
 
@@ -56,26 +61,35 @@ class RoundRobin:
         self._eject_seconds = eject_seconds
         self._clock = clock
         self._listener = listener
-        # itertools.count's next() is atomic, so concurrent picks never share a slot.
-        self._turn = itertools.count()
+        self._weights = [host.weight for host in self.hosts]
+        self._scores = [0] * len(self.hosts)
         self._ejected_until = [0.0] * len(self.hosts)
 
     def pick(self) -> Backend:
-        """The next host in turn that is not ejected (or the next one, if all are)."""
-        n = len(self.hosts)
-        i = next(self._turn) % n
-        if not self._ejected_until[i]:
-            return self.hosts[i]
-        # Skipping consumes turns, so the live hosts still share the load evenly.
-        now = self._clock()
-        for _ in range(n):
-            if self._ejected_until[i] <= now:
-                return self.hosts[i]
-            i = next(self._turn) % n
-        # Every host is ejected. That took n + 1 turns, so successive picks still
-        # rotate through the hosts rather than hammering one.
-        logger.debug("every host is ejected; trying %s anyway", self.hosts[i])
-        return self.hosts[i]
+        """The next host by weight among those not ejected (among all, if all are)."""
+        if len(self.hosts) == 1:
+            return self.hosts[0]
+        best = self._step(skip_ejected=True)
+        if best < 0:
+            best = self._step(skip_ejected=False)
+            logger.debug("every host is ejected; trying %s anyway", self.hosts[best])
+        return self.hosts[best]
+
+    def _step(self, skip_ejected: bool) -> int:
+        """One round of smooth weighted round-robin; -1 when every host is ejected."""
+        scores, weights, ejected = self._scores, self._weights, self._ejected_until
+        now = self._clock() if skip_ejected and any(ejected) else 0.0
+        best, total = -1, 0
+        for i, weight in enumerate(weights):
+            if skip_ejected and ejected[i] > now:
+                continue
+            scores[i] += weight
+            total += weight
+            if best < 0 or scores[i] > scores[best]:
+                best = i
+        if best >= 0:
+            scores[best] -= total
+        return best
 
     def eject(self, host: Backend) -> None:
         """Skip ``host`` for ``eject_seconds`` (it refused or timed out connecting)."""

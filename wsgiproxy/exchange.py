@@ -22,6 +22,7 @@ class Outcome:
     RETRYABLE_STATUS: Final = "retryable_status"  # 502/503/504 from the host
     REFUSED: Final = "refused"  # connection refused: the request never left
     CONNECT_TIMEOUT: Final = "connect_timeout"  # likewise never sent
+    TLS_ERROR: Final = "tls_error"  # TLS handshake or certificate check failed: never sent
     READ_TIMEOUT: Final = "read_timeout"
     RESET: Final = "reset"  # connection broken after the request was sent
     INVALID_RESPONSE: Final = "invalid_response"  # not HTTP, or not parseable
@@ -59,7 +60,9 @@ class Exchange:
     answered_at: float = 0.0  # when the final response's head arrived
     cache: str = CacheResult.NONE
     status: int = 0
-    bytes_sent: int = 0
+    bytes_sent: int = 0  # body bytes to the client (a tunnel: all bytes to the client)
+    bytes_received: int = 0  # body bytes from the client (a tunnel: all bytes to the host)
+    upgrade: str = ""  # "websocket" for a tunnel
     complete: bool = True  # False when the response was broken off
 
     # -- the attempt log the upstream client writes --------------------------------------

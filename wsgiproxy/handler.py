@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from prometheus_client import REGISTRY
@@ -27,12 +28,14 @@ from prometheus_client import REGISTRY
 from .bodies import read_request_body
 from .errors import InternalError, ProxyError, error_response, status_line
 from .exchange import CacheResult, Exchange
-from .headers import check_header_size, request_id, upstream_headers
+from .headers import check_header_size, request_id, upstream_headers, websocket_upgrade
 from .logs import AccessLog, configure_logging
 from .metrics import Metrics
+from .policy import ServicePolicy, resolve_policy
 from .router import Router
 from .routes_file import Routes, load_routes
 from .settings import Settings, load_settings
+from .tunnel import Relay, TunnelBody
 from .upstream import UpstreamClient, UpstreamRequest
 
 if TYPE_CHECKING:
@@ -130,11 +133,24 @@ class Delivery:
             self._on_close()
 
 
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """The routes in use: which service a request is for, and what applies to it."""
+
+    router: Router
+    policies: dict[str, ServicePolicy]  # by domain
+
+    @classmethod
+    def of(cls, routes: Routes, settings: Settings) -> Routing:
+        return cls(Router(routes.services),
+                   {s.domain: resolve_policy(s, settings) for s in routes.services})
+
+
 class ProxyApp:
     """The proxy as a WSGI callable.
 
     :param settings: process settings (body limit, ...).
-    :param router: maps Host and target to a service.
+    :param routes: the services, mapped from Host and target by a :class:`Router`.
     :param upstream: sends to the service's hosts (:class:`~wsgiproxy.upstream.UpstreamClient`).
     :param metrics: counts every request; None records nothing (the access log is kept).
     :param access_log: writes a request's access line (default: JSON on stdout).
@@ -144,11 +160,11 @@ class ProxyApp:
     class carries; anything else is a bug, logged with its traceback, answered 500.
     """
 
-    def __init__(self, settings: Settings, router: Router, upstream: Upstream,
+    def __init__(self, settings: Settings, routes: Routes, upstream: Upstream,
                  metrics: Metrics | None = None,
                  access_log: Callable[[Exchange, float], None] | None = None) -> None:
         self.settings = settings
-        self.router = router
+        self.routing = Routing.of(routes, settings)
         self.upstream = upstream
         self.metrics = metrics
         self.access_log = access_log or AccessLog()
@@ -174,13 +190,26 @@ class ProxyApp:
     def _proxy(self, environ: WSGIEnvironment, start_response: StartResponse,
                exchange: Exchange) -> Iterable[bytes]:
         check_header_size(environ)
-        match = self.router.resolve(environ.get("HTTP_HOST"), exchange.path)
+        routing = self.routing  # one read: this request is served by one set of routes
+        match = routing.router.resolve(environ.get("HTTP_HOST"), exchange.path)
         exchange.service, exchange.target = match.service.name, match.target
-        body, length = read_request_body(environ, self.settings.max_request_body_bytes)
-        request = UpstreamRequest(exchange.method, match.target,
-                                  upstream_headers(environ, match.host, exchange.request_id,
-                                                   length), body)
-        response = self.upstream.send(match.service, request, exchange)
+        policy = routing.policies[match.service.domain]
+        body, length = read_request_body(environ, policy.max_request_body_bytes)
+        exchange.bytes_received = length or 0
+        to_host = upstream_headers(environ, match.host, exchange.request_id, length)
+        upgrade, client_socket = "", None
+        if "HTTP_UPGRADE" in environ and websocket_upgrade(environ):
+            # Both servers hand over the client's socket (the 101 and the bytes after it
+            # are written there); under any other server the request goes on as plain HTTP.
+            client_socket = environ.get("gunicorn.socket") or environ.get("wsgiproxy.socket")
+            if client_socket is not None:
+                upgrade = "websocket"
+                to_host.update({"Connection": "Upgrade", "Upgrade": environ["HTTP_UPGRADE"]})
+        response = self.upstream.send(
+            match.service, UpstreamRequest(exchange.method, match.target, to_host, body,
+                                           upgrade), exchange)
+        if response.upgraded is not None:
+            return self._tunnel(start_response, exchange, response, client_socket)
         exchange.cache, exchange.status = response.cache, response.status
         headers = [*response.headers,
                    ("X-Cache", "HIT" if response.cache in _FROM_CACHE else "MISS"),
@@ -194,6 +223,28 @@ class ProxyApp:
             time.sleep(0)
         return Delivery(response.body, exchange, lambda: self._finished(exchange),
                         send_body=exchange.method != "HEAD")
+
+    def _tunnel(self, start_response: StartResponse, exchange: Exchange,
+                response: UpstreamResponse, client_socket: Any) -> Iterable[bytes]:
+        """The host switched protocols: the client gets its 101, then the bytes."""
+        assert response.upgraded is not None
+        exchange.status, exchange.upgrade = 101, "websocket"
+        write = start_response(status_line(101, response.reason),
+                               [*response.headers, ("X-Request-ID", exchange.request_id)])
+        metrics, service = self.metrics, exchange.service
+
+        def opened() -> None:
+            if metrics is not None:
+                metrics.tunnel_opened(service)
+
+        def closed(was_open: bool) -> None:
+            if was_open and metrics is not None:
+                metrics.tunnel_closed(service)
+            self._finished(exchange)
+
+        relay = Relay(client_socket, response.upgraded,
+                      self.settings.tunnel_idle_timeout_seconds)
+        return TunnelBody(relay, exchange, write, opened, closed)
 
     def _error(self, start_response: StartResponse, error: ProxyError,
                exchange: Exchange) -> Iterable[bytes]:
@@ -220,7 +271,7 @@ class ProxyApp:
         self.upstream.update(routes.services)
         if self.metrics is not None:
             self.metrics.track(routes.services)
-        self.router = Router(routes.services)  # one assignment: a request sees old or new
+        self.routing = Routing.of(routes, self.settings)  # a request sees old or new
 
     def close(self) -> None:
         """Close the upstream connections and write out the buffered access log."""
@@ -241,4 +292,4 @@ def create_app(settings: Settings | None = None, routes: Routes | None = None,
     metrics = Metrics(routes.services, registry or REGISTRY)
     upstream = UpstreamClient(settings, routes.services, host_listener=metrics.host_state,
                               cache_errors=metrics.cache_error)
-    return ProxyApp(settings, Router(routes.services), upstream, metrics)
+    return ProxyApp(settings, routes, upstream, metrics)

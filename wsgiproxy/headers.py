@@ -31,6 +31,7 @@ __all__ = [
     "connection_tokens",
     "request_id",
     "upstream_headers",
+    "websocket_upgrade",
 ]
 
 #: RFC 9110 §7.6.1, plus the legacy names SPEC §5 lists. ``Expect`` is answered by the
@@ -73,6 +74,21 @@ def connection_tokens(value: str | None) -> frozenset[str]:
     if not value:
         return frozenset()
     return frozenset(t.strip().lower() for t in value.split(",") if t.strip())
+
+
+def websocket_upgrade(environ: Mapping[str, object]) -> bool:
+    """Whether the request asks to become a WebSocket (SPEC §12): a GET with
+    ``Connection: upgrade`` and ``Upgrade: websocket``. Any other Upgrade token
+    (``h2c``, ...) is not honoured: the request goes on as plain HTTP without it, since
+    Upgrade is hop-by-hop (and h2c upgrades are a known way around a front proxy)."""
+    if environ.get("REQUEST_METHOD") != "GET":
+        return False
+    connection = environ.get("HTTP_CONNECTION")
+    upgrade = environ.get("HTTP_UPGRADE")
+    if not isinstance(connection, str) or not isinstance(upgrade, str):
+        return False
+    return "upgrade" in connection_tokens(connection) and \
+        "websocket" in connection_tokens(upgrade)
 
 
 def check_header_size(environ: Mapping[str, object]) -> None:

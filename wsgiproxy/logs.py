@@ -10,8 +10,8 @@ when 64 KiB have gathered or a second has passed, and at exit.
 
 Access line fields (see the README for their meaning)::
 
-    time request_id client method service path status bytes duration_ms
-    upstream_host attempts upstream_attempts cache complete
+    time request_id client method service path status bytes bytes_received duration_ms
+    upstream_host attempts upstream_attempts cache upgrade complete
 """
 
 from __future__ import annotations
@@ -66,12 +66,14 @@ def access_fields(exchange: Exchange, finished_at: float) -> dict[str, Any]:
         "path": exchange.path,
         "status": exchange.status,
         "bytes": exchange.bytes_sent,
+        "bytes_received": exchange.bytes_received,
         "duration_ms": round((finished_at - exchange.received_at) * 1000, 3),
         "upstream_host": exchange.upstream_host,
         "attempts": len(exchange.attempts),
         "upstream_attempts": [f"{a.host} {a.outcome}" + (f" {a.status}" if a.status else "")
                               for a in exchange.attempts],
         "cache": exchange.cache,
+        "upgrade": exchange.upgrade,
         "complete": exchange.complete,
     }
 

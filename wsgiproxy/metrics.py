@@ -90,6 +90,9 @@ class Metrics:
                              multiprocess_mode="livemin")
         self.in_flight = Gauge("proxy_requests_in_flight", "Requests being served.",
                                registry=registry, multiprocess_mode="livesum")
+        self.tunnels = Gauge("proxy_tunnels_active", "Upgraded connections (WebSocket) "
+                             "being relayed.", ["service"], registry=registry,
+                             multiprocess_mode="livesum")
         self._children: dict[tuple[Any, ...], Any] = {}
         self.track(services)
         for operation in ("get", "set", "delete"):
@@ -104,6 +107,7 @@ class Metrics:
                     self._child(self.host_up, service.name, str(host)).set(1)
             for result in CACHE_RESULTS:
                 self._child(self.cache, service.name, result)
+            self._child(self.tunnels, service.name)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, memoised without a lock (no switch can happen)."""
@@ -133,6 +137,12 @@ class Metrics:
             self._child(self.attempts, service, attempt.host, attempt.outcome).inc()
         if exchange.cache:
             self._child(self.cache, service, exchange.cache).inc()
+
+    def tunnel_opened(self, service: str) -> None:
+        self._child(self.tunnels, service).inc()
+
+    def tunnel_closed(self, service: str) -> None:
+        self._child(self.tunnels, service).dec()
 
     def host_state(self, service: str, host: Backend, up: bool) -> None:
         self._child(self.host_up, service, str(host)).set(1 if up else 0)

@@ -1,4 +1,5 @@
-"""The routes file: which services exist, the domain of each and the hosts that serve it.
+"""The routes file: which services exist, the domain of each, the hosts that serve it and
+how (weights, TLS, the service's own timeouts, retries, body limit and cache).
 
 Loaded once at start-up with PyYAML's safe loader, checked against
 ``routes.schema.json`` (JSON Schema, so editors can use the same file) and turned into
@@ -10,7 +11,8 @@ and the field, e.g.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import ssl
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -23,8 +25,8 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["Backend", "Endpoint", "Routes", "Service", "load_routes", "normalize_domain",
-           "parse_routes", "parse_routes_text", "read_routes"]
+__all__ = ["TLS", "Backend", "Endpoint", "Policy", "Routes", "Service", "load_routes",
+           "normalize_domain", "parse_routes", "parse_routes_text", "read_routes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +46,42 @@ class Endpoint:
         return self.netloc
 
 
-#: A host that serves a service. Same shape as the listen address; a separate name
-#: keeps signatures honest about which one they want.
-Backend = Endpoint
+@dataclass(frozen=True, slots=True)
+class Backend(Endpoint):
+    """A host that serves a service, and its share of the requests (SPEC §14)."""
+
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TLS:
+    """How a service's hosts are reached over TLS (SPEC §13).
+
+    :param server_name: sent as SNI and checked against the host's certificate; None
+        means the service's domain.
+    :param ca_file: CA certificates (PEM) to verify against; None: the system's store.
+    :param cert_file: a client certificate (PEM) for mutual TLS, ``key_file`` its key.
+    """
+
+    verify: bool = True
+    ca_file: str | None = None
+    server_name: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A service's own settings (SPEC §14); None wherever the global setting applies."""
+
+    connect_timeout_seconds: float | None = None
+    read_timeout_seconds: float | None = None
+    http_retries: int | None = None
+    forward_retries: int | None = None
+    eject_seconds: float | None = None
+    max_request_body_bytes: int | None = None
+    cache_enabled: bool | None = None
+    cache_ttl_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +91,8 @@ class Service:
     name: str
     domain: str
     hosts: tuple[Backend, ...]
+    tls: TLS | None = None  # plain HTTP when None
+    policy: Policy = field(default_factory=Policy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +131,13 @@ def _describe(error: jsonschema.ValidationError) -> str:
         known = schema.get("properties", {})
         extra = sorted(str(k) for k in instance if k not in known)
         return f"{_field_path([*path, extra[0]])}: unknown key (expected one of {', '.join(known)})"
+    if error.validator == "oneOf" and isinstance(instance, dict):
+        # tls: a mapping that breaks a rule of its own keys: say which one, from the
+        # branch that takes a mapping (not the one that wanted a boolean).
+        inside = [e for e in error.context or ()
+                  if not (e.validator == "type" and not e.relative_path)]
+        if inside:
+            return _describe(jsonschema.exceptions.best_match(inside))
     message = schema.get("x-message", error.message)
     where = _field_path(path)
     return f"{where}: {message}" if where else message
@@ -126,10 +170,54 @@ def parse_routes(data: Any, source: str = "<routes>") -> Routes:
                 f"proxy.services[{seen_names[raw['name']]}]"
             )
         seen_domains[domain] = seen_names[raw["name"]] = i
-        hosts = tuple(Endpoint(h["address"], h["port"]) for h in raw["hosts"])
-        services.append(Service(name=raw["name"], domain=domain, hosts=hosts))
+        hosts = tuple(Backend(h["address"], h["port"], h.get("weight", 1))
+                      for h in raw["hosts"])
+        where = f"{source}: proxy.services[{i}]"
+        services.append(Service(name=raw["name"], domain=domain, hosts=hosts,
+                                tls=_tls(raw.get("tls"), where), policy=_policy(raw)))
     listen = Endpoint(proxy["listen"]["address"], proxy["listen"]["port"])
     return Routes(listen=listen, services=tuple(services))
+
+
+def _policy(raw: dict[str, Any]) -> Policy:
+    timeouts, retries, cached = raw.get("timeouts", {}), raw.get("retries", {}), \
+        raw.get("cache", {})
+    return Policy(connect_timeout_seconds=timeouts.get("connect_seconds"),
+                  read_timeout_seconds=timeouts.get("read_seconds"),
+                  http_retries=retries.get("http"), forward_retries=retries.get("forward"),
+                  eject_seconds=raw.get("eject_seconds"),
+                  max_request_body_bytes=raw.get("max_request_body_bytes"),
+                  cache_enabled=cached.get("enabled"),
+                  cache_ttl_seconds=cached.get("ttl_seconds"))
+
+
+def _tls(raw: bool | dict[str, Any] | None, where: str) -> TLS | None:
+    """The service's TLS settings, with its files loaded once now: a file that is
+    missing or is not PEM is a start-up error naming the key, not a failure per request."""
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return TLS()
+    tls = TLS(verify=raw.get("verify", True), ca_file=raw.get("ca_file"),
+              server_name=raw.get("server_name"), cert_file=raw.get("cert_file"),
+              key_file=raw.get("key_file"))
+    if tls.key_file and not tls.cert_file:
+        raise ConfigError(f"{where}.tls.key_file: needs cert_file (the certificate it signs)")
+    context = ssl.create_default_context()
+    try:
+        if tls.ca_file:
+            context.load_verify_locations(cafile=tls.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{where}.tls.ca_file: cannot load {tls.ca_file}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        if tls.cert_file:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{where}.tls.cert_file: cannot load {tls.cert_file}"
+                          f"{' with ' + tls.key_file if tls.key_file else ''}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+    return tls
 
 
 def read_routes(path: Path) -> tuple[Routes, str]:

@@ -160,6 +160,9 @@ class Settings:
         "2", _non_negative_float,
         "how often the routes file is checked for changes (reloaded when its content "
         "changes); 0: only SIGHUP reloads")
+    tunnel_idle_timeout_seconds: float = _setting(
+        "3600", _positive_float,
+        "an upgraded connection (WebSocket) with no byte either way this long is closed")
     log_level: str = _setting(
         "INFO", _log_level, "level of the application log (the access log is always written)")
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
+import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +33,8 @@ class Seen:
     headers: list[tuple[str, str]]
     body: bytes
     connection: int  # id of the TCP connection it came on
+    peer_cert: dict | None = None  # the client certificate, over TLS with one required
+    server_name: str | None = None  # the SNI name the client sent, over TLS
 
     def header(self, name: str) -> str | None:
         values = [v for k, v in self.headers if k.lower() == name.lower()]
@@ -62,6 +66,15 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):
         pass
 
+    def setup(self):
+        if isinstance(self.request, ssl.SSLSocket):
+            try:
+                self.request.do_handshake()
+            except (ssl.SSLError, OSError):
+                self.server.backend.failed_handshakes += 1
+                raise
+        super().setup()
+
     def handle_one_request(self):
         # Same as BaseHTTPRequestHandler's, for any method name.
         try:
@@ -84,6 +97,9 @@ class _Handler(BaseHTTPRequestHandler):
         target = self.raw_requestline.split(b" ")[1].decode("latin-1")
         seen = Seen(self.command, target, list(self.headers.items()), body,
                     id(self.connection))
+        if hasattr(self.connection, "getpeercert"):
+            seen.peer_cert = self.connection.getpeercert() or None
+            seen.server_name = getattr(self.connection, "sni", None)
         backend._record(seen)
         reply = backend.respond(seen)
         self.send_response_only(reply.status, reply.reason)
@@ -126,6 +142,10 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     backend: HTTPBackend
 
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], OSError):  # a refused handshake is expected
+            super().handle_error(request, client_address)
+
 
 class HTTPBackend:
     """An HTTP/1.1 server on 127.0.0.1:<free port>, recording what it receives.
@@ -134,13 +154,20 @@ class HTTPBackend:
     """
 
     def __init__(self, respond: Callable[[Seen], Reply] = echo, name: str = "",
-                 port: int = 0) -> None:
+                 port: int = 0, tls: ssl.SSLContext | None = None) -> None:
         self.respond = respond
         self.name = name
         self.seen: list[Seen] = []
         self.aborted: list[BaseException] = []
+        self.failed_handshakes = 0
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", port), _Handler)
+        if tls is not None:  # an HTTPS backend: the handshake happens in each handler
+            def remember_sni(sock, name, _context):
+                sock.sni = name
+            tls.sni_callback = remember_sni
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True,
+                                                  do_handshake_on_connect=False)
         self._server.backend = self
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever,

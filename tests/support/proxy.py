@@ -28,16 +28,22 @@ __all__ = ["REPO", "ProxyProcess", "proxy_in_front", "routes_yaml"]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def routes_yaml(listen_port: int, services: dict[str, list[int | tuple[str, int]]]) -> str:
-    """A routes file: {domain: [port or (address, port), ...]}; names are the domains."""
+def routes_yaml(listen_port: int, services: dict[str, list | dict]) -> str:
+    """A routes file: {domain: hosts} or {domain: {"hosts": hosts, **other keys}};
+    a host is a port, an (address, port) pair or a mapping; names are the domains."""
+    def host(h):
+        if isinstance(h, dict):
+            return {"address": "127.0.0.1", **h}
+        if isinstance(h, tuple):
+            return {"address": h[0], "port": h[1]}
+        return {"address": "127.0.0.1", "port": h}
+
     out = []
-    for domain, hosts in services.items():
-        out.append({
-            "name": domain.replace(".", "-"),
-            "domain": domain,
-            "hosts": [{"address": h[0], "port": h[1]} if isinstance(h, tuple)
-                      else {"address": "127.0.0.1", "port": h} for h in hosts],
-        })
+    for domain, spec in services.items():
+        spec = spec if isinstance(spec, dict) else {"hosts": spec}
+        out.append({"name": domain.replace(".", "-"), "domain": domain,
+                    "hosts": [host(h) for h in spec["hosts"]],
+                    **{k: v for k, v in spec.items() if k != "hosts"}})
     return yaml.safe_dump({"proxy": {"listen": {"address": "127.0.0.1", "port": listen_port},
                                      "services": out}}, sort_keys=False)
 

@@ -10,7 +10,8 @@ Both are CacheControl ``BaseCache`` backends (``get``/``set``/``delete``) holdin
   proxy serves uncached for a few seconds, counts the error, logs once per interval,
   then tries again.
 
-Either way no entry is kept longer than the store's ``ttl`` (HTTP_CACHE_TTL_SECONDS).
+Either way no entry is kept longer than the store's ``ttl`` (the longest TTL of any
+service: HTTP_CACHE_TTL_SECONDS, or a service's own ``cache.ttl_seconds``).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class MemoryStore(BaseCache):
     def __init__(self, max_entries: int, max_bytes: int, ttl: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._data = _Bounded(max_entries, max_bytes, clock)
-        self._ttl = ttl
+        self.ttl = ttl
         self._clock = clock
         self._lock = threading.Lock()
 
@@ -97,7 +98,7 @@ class MemoryStore(BaseCache):
         return item[1] if item is not None else None
 
     def set(self, key: str, value: Any, expires: int | float | datetime | None = None) -> None:
-        seconds = _keep_seconds(self._ttl, expires)
+        seconds = _keep_seconds(self.ttl, expires)
         if seconds <= 0:
             return
         with self._lock:
@@ -130,7 +131,7 @@ class RedisStore(RedisCache):
                  on_error: Callable[[str], None] | None = None,
                  retry_seconds: float = REDIS_RETRY_SECONDS) -> None:
         super().__init__(conn)
-        self._ttl = ttl
+        self.ttl = ttl
         self._on_error = on_error
         self._retry_seconds = retry_seconds
         self._down_until = 0.0
@@ -173,7 +174,7 @@ class RedisStore(RedisCache):
         return from_wire(data) if isinstance(data, bytes) else None
 
     def set(self, key: str, value: Any, expires: int | float | datetime | None = None) -> None:
-        seconds = _keep_seconds(self._ttl, expires)
+        seconds = _keep_seconds(self.ttl, expires)
         if seconds <= 0 or not self._available():
             return
         try:
@@ -193,12 +194,9 @@ class RedisStore(RedisCache):
         self.conn.close()
 
 
-def make_store(settings: Settings,
-               on_error: Callable[[str], None] | None = None) -> BaseCache | None:
-    """The backend CACHE_URL asks for; None when HTTP_CACHE_TTL_SECONDS is 0."""
-    ttl = settings.http_cache_ttl_seconds
-    if ttl <= 0:
-        return None
+def make_store(settings: Settings, ttl: float,
+               on_error: Callable[[str], None] | None = None) -> BaseCache:
+    """The backend CACHE_URL asks for, keeping entries ``ttl`` seconds at most."""
     if settings.cache_url:
         return RedisStore.from_url(settings.cache_url, ttl, on_error)
     return MemoryStore(settings.cache_max_entries, settings.cache_max_bytes, ttl)

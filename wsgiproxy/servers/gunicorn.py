@@ -110,6 +110,8 @@ class ProxyResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
 
     def process_headers(self, headers: list[tuple[str, str]]) -> None:
         super().process_headers(headers)  # validates every header, drops some
+        if self.status_code == 101:
+            self.must_close = True  # after a tunnel nothing on the connection is HTTP
         for name, value in headers:
             lname = name.lower()
             if lname in ("date", "server"):

@@ -223,6 +223,10 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
 
     def finalize_headers(self) -> None:
         super().finalize_headers()
+        if self.code == 101:
+            # After the tunnel nothing on this connection is HTTP: never read it as
+            # a next request.
+            self.close_connection = True
         if self.command == "HEAD" and self.response_use_chunked:
             # pywsgi would frame a HEAD response as chunked and then write the final
             # "0\r\n\r\n", a body the client does not expect (RFC 9110 §9.3.2): the next
@@ -263,6 +267,7 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
     def get_environ(self) -> dict[str, Any]:
         env: dict[str, Any] = super().get_environ()
         env["RAW_URI"] = self.path
+        env["wsgiproxy.socket"] = self.socket  # for a tunnel after a 101 (SPEC §12)
         if self.wsgi_input.chunked_input and env["wsgi.input"] is self.wsgi_input:
             self.wsgi_input = env["wsgi.input"] = StrictInput(
                 self.rfile, self.content_length, socket=self.wsgi_input.socket,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -29,12 +30,13 @@ from ..bodies import ClientBodyError
 from ..errors import BadGateway, BadRequest, NoHostReachable, ProxyError, UpstreamTimeout
 from ..exchange import Outcome
 from .retry import CONNECT_FAILURES, Failure
-from .transport import UpstreamConnectionPool, classify_error
+from .transport import UpstreamConnectionPool, UpstreamHTTPSConnectionPool, classify_error
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from requests import PreparedRequest
+    from urllib3.connectionpool import HTTPConnectionPool
     from urllib3.response import BaseHTTPResponse
     from urllib3.util import Timeout
 
@@ -67,6 +69,19 @@ def _cause(error: BaseException) -> BaseException:
     return error
 
 
+def _tls_reason(error: BaseException) -> str:
+    """What went wrong in a handshake, in the words of OpenSSL or of the name check:
+    ``certificate verify failed: unable to get local issuer certificate``."""
+    while not isinstance(error, ssl.SSLError) and error.args \
+            and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    if isinstance(error, ssl.SSLCertVerificationError) and error.verify_message:
+        return f"certificate verify failed: {error.verify_message}"
+    if isinstance(error, ssl.SSLError) and error.reason:
+        return str(error.reason).lower().replace("_", " ")
+    return str(error)
+
+
 def translate_error(error: BaseException, service: str) -> ProxyError:
     """The one place where a transport exception becomes a proxy error."""
     cause = _cause(error)
@@ -76,6 +91,9 @@ def translate_error(error: BaseException, service: str) -> ProxyError:
         return BadGateway(f"service {service!r}: the host failed while the request body "
                           "was being streamed, and a streamed body cannot be resent")
     outcome = classify_error(cause)
+    if outcome == Outcome.TLS_ERROR:
+        return NoHostReachable(f"service {service!r}: no host could be reached: TLS "
+                               f"handshake failed: {_tls_reason(cause)}")
     if outcome in CONNECT_FAILURES:
         return NoHostReachable(f"service {service!r}: no host could be reached")
     if outcome == Outcome.READ_TIMEOUT:
@@ -91,6 +109,19 @@ class Forwarded:
 
     response: BaseHTTPResponse
     first: bytes  # the first body bytes (empty for HEAD and empty bodies)
+
+
+def _tls_pool_kwargs(service: Service) -> dict[str, Any] | None:
+    """urllib3's HTTPS pool settings for the service's ``tls`` (SPEC §13): the name sent
+    as SNI and checked against the certificate, the CA file, the client certificate."""
+    tls = service.tls
+    if tls is None:
+        return None
+    name = tls.server_name or service.domain
+    return {"cert_reqs": "CERT_REQUIRED" if tls.verify else "CERT_NONE",
+            "ca_certs": tls.ca_file if tls.verify else None,
+            "server_hostname": name, "assert_hostname": name if tls.verify else False,
+            "cert_file": tls.cert_file, "key_file": tls.key_file}
 
 
 class _CountingLog:
@@ -137,7 +168,9 @@ class ServiceAdapter(HTTPAdapter):
         self.balancer = balancer
         self.policy = policy
         self.timeout = timeout
-        self._pools: dict[Backend, UpstreamConnectionPool] = {}
+        self._scheme = "https" if service.tls is not None else "http"
+        self._tls_kwargs = _tls_pool_kwargs(service)
+        self._pools: dict[Backend, HTTPConnectionPool] = {}
         # One pool per host: pool_connections = number of hosts, so none is evicted.
         super().__init__(pool_connections=len(service.hosts), pool_maxsize=pool_maxsize,
                          max_retries=policy.same_host())
@@ -147,14 +180,15 @@ class ServiceAdapter(HTTPAdapter):
         """Only for subclassing: swaps in the proxy's pool class (see :mod:`.transport`)."""
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
         self._pools = {}
-        self.poolmanager.pool_classes_by_scheme = {"http": UpstreamConnectionPool}
+        self.poolmanager.pool_classes_by_scheme = {"http": UpstreamConnectionPool,
+                                                   "https": UpstreamHTTPSConnectionPool}
 
-    def pool(self, host: Backend) -> UpstreamConnectionPool:
+    def pool(self, host: Backend) -> HTTPConnectionPool:
         """Only for subclassing: the connection pool of ``host``, made once."""
         pool = self._pools.get(host)
         if pool is None:
             pool = self._pools[host] = self.poolmanager.connection_from_host(
-                host.address, host.port, scheme="http")
+                host.address, host.port, scheme=self._scheme, pool_kwargs=self._tls_kwargs)
         return pool
 
     def get_connection_with_tls_context(self, request: PreparedRequest, verify: Any,
@@ -163,13 +197,15 @@ class ServiceAdapter(HTTPAdapter):
         return self.pool(self.balancer.pick())
 
     def forward(self, method: str, target: str, headers: Mapping[str, str], body: Any,
-                log: AttemptLog) -> Forwarded:
+                log: AttemptLog, upgrade: bool = False) -> Forwarded:
         """Send the request to the service and return the response with its first
         body bytes, or raise the :class:`ProxyError` of the last failure.
 
         :param target: the raw target, sent byte-for-byte.
         :param body: ``bytes``, a read-once stream, or None.
         :param log: every attempt is written there.
+        :param upgrade: the request asks to switch protocols (a WebSocket handshake):
+            a ``101`` is the answer, returned at once with its connection.
         """
         counted = _CountingLog(log)
         tried: set[Backend] = set()
@@ -194,6 +230,8 @@ class ServiceAdapter(HTTPAdapter):
             else:
                 self.balancer.mark_up(host)
                 if response.status == 101:
+                    if upgrade:
+                        return Forwarded(response, b"")
                     response.close()
                     raise BadGateway(f"service {self.service.name!r}: the host switched "
                                      "protocols unasked")

@@ -44,14 +44,19 @@ from ..cache import (
 from ..errors import NotFound, ProxyError
 from ..exchange import CacheResult
 from ..headers import client_headers
+from ..policy import resolve_policy
 from .adapter import ServiceAdapter
 from .body import ResponseBody, StoredBody
 from .retry import RetryPolicy
+from .upgraded import UpgradedConnection
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
+    from cachecontrol.cache import BaseCache
+
     from ..cache import Answer, BodyCapture, Headers, Lookup
+    from ..policy import ServicePolicy
     from ..routes_file import Backend, Service
     from ..settings import Settings
     from .adapter import Forwarded
@@ -63,6 +68,14 @@ __all__ = ["UpstreamClient", "UpstreamRequest", "UpstreamResponse"]
 logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
+class _Channel:
+    """How one service is reached: its adapter, and its cache (None: not cached)."""
+
+    adapter: ServiceAdapter
+    cache: SharedCacheController | None
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamRequest:
     """A request as it goes to a service's host."""
 
@@ -70,6 +83,7 @@ class UpstreamRequest:
     target: str  # the raw target, sent byte-for-byte
     headers: dict[str, str]  # every header the host gets, Host first
     body: Any = None  # bytes, a read-once stream (wsgiproxy.bodies), or None
+    upgrade: str = ""  # "websocket": a handshake (the cache is not asked)
 
 
 @dataclass(slots=True)
@@ -81,6 +95,8 @@ class UpstreamResponse:
     headers: list[tuple[str, str]]
     body: Body
     cache: str = CacheResult.NONE  # how the cache answered (wsgiproxy.exchange.CacheResult)
+    #: After a 101 to an upgrade: the host's connection, to relay bytes on.
+    upgraded: UpgradedConnection | None = None
 
 
 class UpstreamClient:
@@ -107,53 +123,61 @@ class UpstreamClient:
         self.session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
         self.session.adapters.clear()  # nothing but the services' domains is reachable
         self._settings = settings
-        self._policy = RetryPolicy(settings.max_http_retries, settings.max_forward_retries)
-        self._timeout = Timeout(connect=settings.upstream_connect_timeout_seconds,
-                                read=settings.upstream_read_timeout_seconds)
         self._host_listener = host_listener
-        store = make_store(settings, cache_errors)
-        #: One controller and store for every service: keys start with the domain.
-        self.cache = None if store is None else SharedCacheController(
-            store, ttl=settings.http_cache_ttl_seconds,
-            max_object_bytes=settings.cache_max_object_bytes)
-        self._adapters: dict[str, ServiceAdapter] = {}
+        self._cache_errors = cache_errors
+        #: One store for every service (keys start with the domain), made when a
+        #: service first caches.
+        self.store: BaseCache | None = None
+        self._channels: dict[str, _Channel] = {}
         self.update(services)
-
-    @property
-    def caching(self) -> bool:
-        return self.cache is not None
 
     # -- routes ----------------------------------------------------------------------
     def update(self, services: Iterable[Service]) -> None:
         """Mount an adapter per service. A service that has not changed keeps its
         adapter (its pools and its hosts' ejection state); a removed one is unmounted and
         closed (a request still using one of its connections finishes on it)."""
-        adapters: dict[str, ServiceAdapter] = {}
+        channels: dict[str, _Channel] = {}
         for service in services:
+            policy = resolve_policy(service, self._settings)
             prefix = f"http://{service.domain}/"
             current = self.session.adapters.get(prefix)
             if not (isinstance(current, ServiceAdapter) and current.service == service):
-                self.session.mount(prefix, self._adapter(service))
+                self.session.mount(prefix, self._adapter(service, policy))
                 if current is not None:
                     current.close()
             adapter = self.session.get_adapter(prefix)
             assert isinstance(adapter, ServiceAdapter)
-            adapters[service.domain] = adapter
+            channels[service.domain] = _Channel(adapter, self._cache(policy))
         for prefix in list(self.session.adapters):
-            if prefix.removeprefix("http://").rstrip("/") not in adapters:
+            if prefix.removeprefix("http://").rstrip("/") not in channels:
                 self.session.adapters.pop(prefix).close()
-        self._adapters = adapters  # one assignment: a request sees the old set or the new
+        self._channels = channels  # one assignment: a request sees the old set or the new
 
-    def _adapter(self, service: Service) -> ServiceAdapter:
+    def _adapter(self, service: Service, policy: ServicePolicy) -> ServiceAdapter:
         listener = self._host_listener
 
         def host_state(host: Backend, up: bool) -> None:
             if listener is not None:
                 listener(service.name, host, up)
 
-        balancer = RoundRobin(service.hosts, self._settings.host_eject_seconds,
-                              listener=host_state)
-        return ServiceAdapter(service, balancer, self._policy, self._timeout)
+        balancer = RoundRobin(service.hosts, policy.eject_seconds, listener=host_state)
+        if service.tls is not None and not service.tls.verify:
+            logger.warning("service %r: the TLS certificates of its hosts are not verified "
+                           "(tls.verify: false)", service.name)
+        return ServiceAdapter(
+            service, balancer, RetryPolicy(policy.http_retries, policy.forward_retries),
+            Timeout(connect=policy.connect_timeout_seconds, read=policy.read_timeout_seconds))
+
+    def _cache(self, policy: ServicePolicy) -> SharedCacheController | None:
+        """The service's view of the shared store, with its TTL; None if it is not cached."""
+        ttl = policy.cache_ttl_seconds
+        if ttl <= 0:
+            return None
+        if self.store is None:
+            self.store = make_store(self._settings, ttl, self._cache_errors)
+        self.store.ttl = max(self.store.ttl, ttl)  # type: ignore[attr-defined]
+        return SharedCacheController(self.store, ttl=ttl,
+                                     max_object_bytes=self._settings.cache_max_object_bytes)
 
     # -- requests --------------------------------------------------------------------
     def send(self, service: Service, request: UpstreamRequest,
@@ -163,11 +187,13 @@ class UpstreamClient:
         Raises the :class:`~wsgiproxy.errors.ProxyError` of the failure when no host
         gave an answer.
         """
-        adapter = self._adapters.get(service.domain)
-        if adapter is None:
+        channel = self._channels.get(service.domain)
+        if channel is None:
             raise NotFound(f"service {service.name!r} was removed from the routes")
-        cache = self.cache
+        adapter, cache = channel.adapter, channel.cache
         method = request.method
+        if request.upgrade:
+            return self._upgrade(adapter, request, log)
         if cache is None or method not in SERVED_METHODS:
             response = self._response(method, adapter.forward(
                 method, request.target, request.headers, request.body, log))
@@ -204,6 +230,22 @@ class UpstreamClient:
             capture = cache.capture(key, headers, raw.status, raw.reason or "",
                                     list(raw.headers.items()), sent_at)
         return self._response(request.method, forwarded, capture, CacheResult.MISS)
+
+    def _upgrade(self, adapter: ServiceAdapter, request: UpstreamRequest,
+                 log: AttemptLog) -> UpstreamResponse:
+        """A handshake: the host's 101 comes back with its connection, and the
+        ``Connection``/``Upgrade`` fields (hop-by-hop, so dropped otherwise) with it;
+        any other answer is an ordinary response."""
+        forwarded = adapter.forward(request.method, request.target, request.headers,
+                                    request.body, log, upgrade=True)
+        raw = forwarded.response
+        if raw.status != 101:
+            return self._response(request.method, forwarded)
+        headers = client_headers(raw.headers.items(), connection=None, keep_length=False)
+        headers += [("Connection", "Upgrade"),
+                    ("Upgrade", raw.headers.get("Upgrade") or request.upgrade)]
+        return UpstreamResponse(101, raw.reason or "Switching Protocols", headers,
+                                StoredBody(b""), upgraded=UpgradedConnection(raw))
 
     @staticmethod
     def _response(method: str, forwarded: Forwarded, capture: BodyCapture | None = None,

@@ -8,7 +8,8 @@ bound they make together. It answers for both loops a request can go round:
   :meth:`RetryPolicy.same_host` builds (idempotent methods only, short exponential
   backoff, ``Retry-After`` on a 503 up to 2 s);
 * another host, after this one failed before anything reached the client (connection
-  refused or timed out: the request never left; or a response head and then nothing):
+  refused or timed out, or the TLS handshake failed: the request never left; or a
+  response head and then nothing):
   :meth:`RetryPolicy.next_host`, asked by :class:`~wsgiproxy.upstream.adapter.ServiceAdapter`.
 """
 
@@ -29,7 +30,8 @@ IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"
 #: Statuses that mean "this host could not serve it now".
 RETRYABLE_STATUSES: Final = frozenset({502, 503, 504})
 #: Failures that mean the request never left: safe to send anywhere, for every method.
-CONNECT_FAILURES: Final = frozenset({Outcome.REFUSED, Outcome.CONNECT_TIMEOUT})
+CONNECT_FAILURES: Final = frozenset({Outcome.REFUSED, Outcome.CONNECT_TIMEOUT,
+                                     Outcome.TLS_ERROR})
 #: A Retry-After longer than this is waited this long.
 RETRY_AFTER_CAP_SECONDS: Final = 2
 
@@ -102,6 +104,6 @@ class RetryPolicy:
 class Failure:
     """Where an attempt failed, as :meth:`RetryPolicy.next_host` weighs it."""
 
-    NOT_SENT: Final = "not_sent"  # refused, or timed out connecting: the request never left
+    NOT_SENT: Final = "not_sent"  # refused, timed out connecting, TLS failed: never sent
     AFTER_HEAD: Final = "after_head"  # the host sent a response head, then failed before its body
     AFTER_SEND: Final = "after_send"  # read timeout, reset, garbage, after urllib3's retries

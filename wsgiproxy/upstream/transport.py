@@ -20,16 +20,18 @@ from __future__ import annotations
 import http.client
 import logging
 import socket
+import ssl
 import time
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from urllib3.connection import HTTPConnection
-from urllib3.connectionpool import HTTPConnectionPool
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     NewConnectionError,
     ProtocolError,
     ReadTimeoutError,
+    SSLError,
 )
 from urllib3.util import SKIP_HEADER
 
@@ -39,8 +41,13 @@ from .retry import RETRYABLE_STATUSES
 if TYPE_CHECKING:
     from urllib3.response import BaseHTTPResponse
 
+    _ConnectionBase = HTTPConnection
+    _PoolBase = HTTPConnectionPool
+else:
+    _ConnectionBase = _PoolBase = object
+
 __all__ = ["AttemptLog", "FinalResponse", "UpstreamConnection", "UpstreamConnectionPool",
-           "classify_error"]
+           "UpstreamHTTPSConnection", "UpstreamHTTPSConnectionPool", "classify_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -157,9 +164,9 @@ class FinalResponse(http.client.HTTPResponse):
                 raise http.client.HTTPException(f"got more than {_MAX_HEADERS} headers")
 
 
-class UpstreamConnection(HTTPConnection):
-    """Skips interim responses, writes validated header lines once, notes when a
-    request has been sent."""
+class _ProxyConnection(_ConnectionBase):
+    """What the proxy's connections do, over plain HTTP or TLS: skip interim responses,
+    write validated header lines once, note when a request has been sent."""
 
     response_class = FinalResponse
 
@@ -175,6 +182,24 @@ class UpstreamConnection(HTTPConnection):
         if "\r" in line or "\n" in line:
             raise ValueError(f"CR or LF in header {name!r}")
         self._output(line.encode("latin-1"))  # type: ignore[attr-defined]
+
+    #: When the last request on this connection was written out (head and body).
+    sent_at: float = 0.0
+
+    def request(
+        self, method: str, url: str, body: Any = None, headers: Any = None, **kw: Any
+    ) -> None:
+        if headers is not None:  # urlopen's own copy, made for this attempt
+            # Without these, urllib3 would invent a User-Agent and "Accept-Encoding:
+            # identity" when the client sent none: the host sees what the client sent.
+            headers.setdefault("User-Agent", SKIP_HEADER)
+            headers.setdefault("Accept-Encoding", SKIP_HEADER)
+        super().request(method, url, body=body, headers=headers, **kw)
+        self.sent_at = time.perf_counter()
+
+
+class UpstreamConnection(_ProxyConnection, HTTPConnection):
+    """A plain-HTTP connection to a host."""
 
     @property
     def is_connected(self) -> bool:
@@ -199,25 +224,18 @@ class UpstreamConnection(HTTPConnection):
             return False
         return False
 
-    #: When the last request on this connection was written out (head and body).
-    sent_at: float = 0.0
 
-    def request(
-        self, method: str, url: str, body: Any = None, headers: Any = None, **kw: Any
-    ) -> None:
-        if headers is not None:  # urlopen's own copy, made for this attempt
-            # Without these, urllib3 would invent a User-Agent and "Accept-Encoding:
-            # identity" when the client sent none: the host sees what the client sent.
-            headers.setdefault("User-Agent", SKIP_HEADER)
-            headers.setdefault("Accept-Encoding", SKIP_HEADER)
-        super().request(method, url, body=body, headers=headers, **kw)
-        self.sent_at = time.perf_counter()
+class UpstreamHTTPSConnection(_ProxyConnection, HTTPSConnection):
+    """A TLS connection to a host (SPEC §13). Whether it can take another request is
+    asked as urllib3 asks: a peek at the raw socket would see TLS records, not HTTP."""
 
 
 def classify_error(error: BaseException) -> str:
     """The attempt outcome of an exception raised while talking to a host."""
     if isinstance(error, ProtocolError) and len(error.args) > 1:
         error = error.args[1]
+    if isinstance(error, (SSLError, ssl.SSLError, ssl.CertificateError)):
+        return Outcome.TLS_ERROR
     if isinstance(error, NewConnectionError):  # before its base class ConnectTimeoutError
         return Outcome.REFUSED
     if isinstance(error, ConnectTimeoutError):
@@ -231,14 +249,12 @@ def classify_error(error: BaseException) -> str:
     return Outcome.RESET
 
 
-class UpstreamConnectionPool(HTTPConnectionPool):
-    """An ``HTTPConnectionPool`` that sends raw targets and logs every attempt.
+class _AttemptLogging(_PoolBase):
+    """A connection pool that sends raw targets and logs every attempt.
 
     ``urlopen`` callers pass ``target=`` (the raw target to send) and ``log=`` (an
     :class:`AttemptLog`); urllib3 hands both to :meth:`_make_request` on every attempt.
     """
-
-    ConnectionCls = UpstreamConnection
 
     def __init__(self, host: str, port: int | None = None, **kwargs: Any) -> None:
         super().__init__(host, port, **kwargs)
@@ -266,3 +282,23 @@ class UpstreamConnectionPool(HTTPConnectionPool):
             else Outcome.RESPONSE
         log.attempted(self.label, outcome, response.status)
         return response
+
+
+class UpstreamConnectionPool(_AttemptLogging, HTTPConnectionPool):
+    """The pool of one host, over plain HTTP."""
+
+    ConnectionCls = UpstreamConnection
+
+
+class UpstreamHTTPSConnectionPool(_AttemptLogging, HTTPSConnectionPool):
+    """The pool of one host, over TLS."""
+
+    ConnectionCls = UpstreamHTTPSConnection
+
+    def _validate_conn(self, conn: Any) -> None:
+        """urllib3's, without its ``InsecureRequestWarning`` on every request to a host
+        whose certificate is not verified: ``tls.verify: false`` is deliberate, and is
+        logged once, at start-up."""
+        HTTPConnectionPool._validate_conn(self, conn)
+        if conn.is_closed:
+            conn.connect()

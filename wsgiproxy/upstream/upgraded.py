@@ -1,0 +1,61 @@
+"""A host's connection after it answered ``101 Switching Protocols`` (SPEC §12): no
+more HTTP on it, only bytes both ways, for :mod:`wsgiproxy.tunnel` to relay.
+
+The connection leaves its pool for good: it is never returned, and is closed when the
+tunnel ends. The bytes the host sent right after its 101 (a WebSocket server may
+greet at once) may already sit in http.client's buffer: the first read takes them
+from there, without waiting; later reads go to the socket itself. (Reading through the
+buffered reader would hold a 64 KiB buffer for as long as a tunnel waits: with it, an
+idle tunnel cost 65 KiB of a worker's memory in ``bench/tunnels.py``.)
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from urllib3.response import BaseHTTPResponse
+
+__all__ = ["UpgradedConnection"]
+
+
+class UpgradedConnection:
+    """The host's side of a tunnel."""
+
+    def __init__(self, response: BaseHTTPResponse) -> None:
+        self._response = response
+        connection: Any = response.connection  # kept out of the pool: release_conn=False
+        self._connection = connection
+        self._sock: socket.socket = connection.sock
+        self._buffered: Any = response._fp.fp  # type: ignore[attr-defined]  # http.client's
+
+    def read(self, size: int) -> bytes:
+        """What has arrived, up to ``size`` bytes; b"" when the host has closed."""
+        buffered, self._buffered = self._buffered, None
+        if buffered is not None:
+            self._sock.setblocking(False)  # only what is already there
+            try:
+                data: bytes = buffered.read1(size) or b""
+            finally:
+                self._sock.setblocking(True)
+            if data:
+                return data
+        return self._sock.recv(size)
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+    def settimeout(self, seconds: float | None) -> None:
+        self._sock.settimeout(seconds)
+
+    def end_writing(self) -> None:
+        """Half-close: the host reads an end of file, and may still answer."""
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._response.close()
+        self._connection.close()
