@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-runtime.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install test-tools run gunicorn check-config demo test lint load-test bench bench-tools docker-build clean
+.PHONY: install test-tools run gunicorn check-config demo test lint load-test bench bench-tools cache-tests docker-build clean
 
 $(STAMP): requirements.txt requirements-runtime.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,9 +57,15 @@ bench-tools:            # nginx, its echo module and wrk: Debian packages
 bench: install bench-tools  ## wrk against wsgiproxy and nginx in one run (BENCH_ARGS=--quick)
 	PATH="$$PATH:/usr/sbin" $(BIN)/python bench/bench.py $(BENCH_ARGS)
 
+cache-tests: install      ## the public HTTP cache test suite against the proxy (needs node, npm)
+	$(BIN)/python scripts/cache_tests.py
+
 docker-build:           ## the container image (needs a Docker engine)
-	@docker info >/dev/null 2>&1 || { echo "docker-build: no Docker engine here; the Dockerfile is checked by hadolint in make test"; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "cache-tests: install      ## the public HTTP cache test suite against the proxy (needs node, npm)
+	$(BIN)/python scripts/cache_tests.py
+
+docker-build: no Docker engine here; the Dockerfile is checked by hadolint in make test"; exit 1; }
 	docker build -t wsgiproxy:0.1.0 .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache reports
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache reports .cache-tests

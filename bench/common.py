@@ -60,9 +60,9 @@ class Processes:
         self.workdir = Path(tempfile.mkdtemp(prefix="wsgiproxy-bench-"))
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None,
-              port: int | None = None) -> subprocess.Popen:
+              port: int | None = None, cwd: Path = REPO) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - lives with the process
-        proc = subprocess.Popen(argv, cwd=REPO, env={**os.environ, **(env or {})},
+        proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **(env or {})},
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         if port:

@@ -35,6 +35,8 @@ class CacheResult:
     HIT: Final = "hit"
     MISS: Final = "miss"
     REVALIDATED: Final = "revalidated"  # stale, and the host's 304 made it fresh again
+    STALE: Final = "stale"  # served stale: stale-while-revalidate, or every attempt failed
+    COALESCED: Final = "coalesced"  # answered from what a concurrent request stored
 
 
 @dataclass(slots=True)

@@ -52,8 +52,9 @@ __all__ = ["ProxyApp", "Upstream", "create_app", "raw_target"]
 
 logger = logging.getLogger(__name__)
 
-#: Answers that came from the cache, as the ``X-Cache`` header tells the client.
-_FROM_CACHE = frozenset({CacheResult.HIT, CacheResult.REVALIDATED})
+#: How the cache answered, as the ``X-Cache`` header tells the client.
+_X_CACHE = {CacheResult.HIT: "HIT", CacheResult.REVALIDATED: "HIT",
+            CacheResult.COALESCED: "HIT", CacheResult.STALE: "STALE"}
 
 
 class Upstream(Protocol):
@@ -212,7 +213,7 @@ class ProxyApp:
             return self._tunnel(start_response, exchange, response, client_socket)
         exchange.cache, exchange.status = response.cache, response.status
         headers = [*response.headers,
-                   ("X-Cache", "HIT" if response.cache in _FROM_CACHE else "MISS"),
+                   ("X-Cache", _X_CACHE.get(response.cache, "MISS")),
                    ("X-Request-ID", exchange.request_id)]
         start_response(status_line(response.status, response.reason), headers)
         if response.cache == CacheResult.HIT:

@@ -48,7 +48,7 @@ BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
                   1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS",
                             "TRACE", "CONNECT"})
-CACHE_RESULTS: Final = ("hit", "revalidated", "miss")
+CACHE_RESULTS: Final = ("hit", "revalidated", "miss", "stale", "coalesced")
 
 
 class Metrics:
@@ -81,7 +81,7 @@ class Metrics:
         self.attempts = counter("proxy_upstream_attempts", "Attempts to send a request to "
                                 "a host, by how they ended.", ["service", "host", "outcome"])
         self.cache = counter("proxy_cache_requests", "Cache lookups by result (hit, "
-                             "revalidated, miss).", ["service", "result"])
+                             "revalidated, miss, stale, coalesced).", ["service", "result"])
         self.cache_errors = counter("proxy_cache_errors", "Failed operations of the "
                                     "shared (Redis) cache.", ["operation"])
         self.host_up = Gauge("proxy_upstream_host_up", "1 while a host is in rotation, 0 "

@@ -90,6 +90,17 @@ def _cache_url(name: str, raw: str) -> str:
     return raw
 
 
+_TRUE: Final = ("1", "on", "true", "yes")
+_FALSE: Final = ("0", "off", "false", "no")
+
+
+def _switch(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise ConfigError(f"{name}: must be on or off, got {raw!r}")
+    return value in _TRUE
+
+
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -145,6 +156,14 @@ class Settings:
         "268435456", _positive_int,
         "byte bound of the in-memory cache (bodies, headers and an estimate of overhead), "
         "per worker")
+    cache_serve_stale_on_error: bool = _setting(
+        "on", _switch,
+        "serve a stored stale response when every attempt fails (within stale-if-error, "
+        "or while it is kept), where the response does not forbid it")
+    cache_lock_timeout_seconds: float = _setting(
+        "5", _non_negative_float,
+        "how long a request waits for a concurrent request fetching the same URL (one "
+        "fetch per worker); 0: no coalescing")
     upstream_connect_timeout_seconds: float = _setting(
         "2", _positive_float, "connect timeout per attempt")
     upstream_read_timeout_seconds: float = _setting(

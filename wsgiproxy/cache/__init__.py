@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .entry import Entry, VaryIndex, from_wire
 from .policy import (
-    INVALIDATING_METHODS,
+    SAFE_METHODS,
     SERVED_METHODS,
     Answer,
     BodyCapture,
@@ -18,7 +18,7 @@ from .policy import (
 from .stores import MemoryStore, RedisStore, Store, make_store
 
 __all__ = [
-    "INVALIDATING_METHODS",
+    "SAFE_METHODS",
     "SERVED_METHODS",
     "Answer",
     "BodyCapture",

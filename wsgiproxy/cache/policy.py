@@ -1,26 +1,37 @@
-"""The rules of a shared HTTP cache (RFC 9111): what is stored, what is served, how long.
+"""The rules of a shared HTTP cache (RFC 9111, RFC 5861, RFC 9213): what is stored, what
+is served, fresh or stale, and for how long.
 
 CacheControl is a private (client) cache. As a proxy's cache it would store ``private``
 responses and responses to requests with ``Authorization`` (one user's page handed to
 the next), ignore ``s-maxage``, keep ETag-only entries for 14 days, keep one variant per
 URL, merge repeated headers, fail on an unparsable ``Date``, and spool every GET body
 through a temporary file. :class:`SharedCacheController` is a CacheControl controller
-(its ``BaseCache`` backend, its ``Cache-Control`` parser) whose decisions are the
+(its ``BaseCache`` backend, its ``parse_cache_control`` hook) whose decisions are the
 shared cache's:
 
-* stored: GET responses with a cacheable status and either a freshness lifetime
-  (``s-maxage`` > ``max-age`` > ``Expires``) or a validator (ETag, Last-Modified), unless
-  ``no-store`` (either side), ``private``, ``Set-Cookie`` (as nginx), ``Vary: *``,
-  ``Authorization`` without ``public``/``s-maxage``/``must-revalidate`` (§3.5), or a body
-  over CACHE_MAX_OBJECT_BYTES (those stream through and are never buffered whole);
-* served: GET and HEAD, while fresh and the client's ``no-cache``/``max-age``/
-  ``min-fresh`` allow; a response with ``no-cache`` is always revalidated; a stale entry
-  with validators is revalidated with ``If-None-Match``/``If-Modified-Since`` and a 304
+* stored: GET responses with a final status and a freshness lifetime (``s-maxage`` >
+  ``max-age`` > ``Expires``), or a heuristically cacheable status and a validator (ETag,
+  Last-Modified); never with ``no-store`` (either side; a response's
+  ``must-understand`` overrides it for a status the cache understands), ``private``,
+  ``Set-Cookie`` (as nginx), ``Vary: *``, ``Authorization`` without ``public``/
+  ``s-maxage``/``must-revalidate`` (§3.5), a body over CACHE_MAX_OBJECT_BYTES, or the
+  fields the response's ``Connection`` names;
+* ``CDN-Cache-Control`` (RFC 9213), when valid, replaces ``Cache-Control`` (and
+  ``Expires``) for these decisions, and is passed on to the client unchanged;
+* served fresh: GET and HEAD, while fresh and the client's ``no-cache``/``max-age``/
+  ``min-fresh`` allow, a single byte range of it as 206; a response with ``no-cache``
+  is always revalidated; a stale entry with validators is revalidated and a 304
   refreshes it (§4.3.4); every answer from the cache carries ``Age`` (§4.2.3);
+* served stale: within ``stale-while-revalidate`` (RFC 5861) at once, refreshed in the
+  background; when every attempt fails, within ``stale-if-error`` or else while it is
+  kept; never where ``must-revalidate``, ``proxy-revalidate``, ``s-maxage`` or
+  ``no-cache`` forbid it (§4.2.4), and never a stored error (5xx) for a new one;
 * ``Vary``: each variant is kept under its own key next to an index of the varying
   headers, so variants never mix and do not evict each other;
-* POST, PUT, PATCH and DELETE answered without error invalidate the URL (§4.4);
-* nothing lives longer than HTTP_CACHE_TTL_SECONDS.
+* any method but GET, HEAD, OPTIONS and TRACE answered without error invalidates the
+  URL, and the ``Location``/``Content-Location`` of the same service (§4.4);
+* entries are kept for the TTL (HTTP_CACHE_TTL_SECONDS, or the service's), fresh or
+  stale, and no longer.
 
 It speaks in plain values (keys, header mappings, header lists, bytes), not in any HTTP
 client's objects: the upstream client asks it, and acts on the answers.
@@ -28,9 +39,8 @@ client's objects: the upstream client asks it, and acts on the answers.
 
 from __future__ import annotations
 
-import calendar
-import email.utils
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
@@ -38,28 +48,43 @@ from typing import TYPE_CHECKING, Final, Protocol
 from cachecontrol.controller import CacheController
 
 from ..errors import NotCached
-from ..headers import HOP_BY_HOP
+from ..headers import HOP_BY_HOP, connection_tokens
 from .entry import Entry, VaryIndex
+from .fields import (
+    Directives,
+    age_seconds,
+    cache_control,
+    http_date,
+    targeted_cache_control,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
 
     from cachecontrol.cache import BaseCache
 
     from .stores import Store
 
-__all__ = ["INVALIDATING_METHODS", "SERVED_METHODS", "Answer", "BodyCapture", "HeaderList",
+__all__ = ["SAFE_METHODS", "SERVED_METHODS", "Answer", "BodyCapture", "HeaderList",
            "Headers", "Lookup", "SharedCacheController", "cache_key", "http_date"]
 
 logger = logging.getLogger(__name__)
 
 SERVED_METHODS: Final = frozenset({"GET", "HEAD"})
-INVALIDATING_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-#: Understood statuses that may be stored given explicit freshness or a validator.
-STORABLE_STATUSES: Final = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
-_NOT_STORED: Final = HOP_BY_HOP | {"age"}
+#: RFC 9111 §4.4: any other method answered without error invalidates.
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+#: Statuses that may be stored with a validator alone (RFC 9110 §15.1).
+HEURISTICALLY_CACHEABLE: Final = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410,
+                                            414, 501})
+#: Statuses whose meaning this cache knows, for ``must-understand`` (RFC 9111 §5.2.2.3).
+UNDERSTOOD: Final = HEURISTICALLY_CACHEABLE | {302, 303, 307, 400, 403, 500, 502, 503, 504}
 #: Headers a 304 must not change in the stored response (RFC 9111 §3.2).
-_KEPT_ON_304: Final = _NOT_STORED | {"content-length", "content-encoding", "content-range"}
+_KEPT_ON_304: Final = HOP_BY_HOP | {"age", "content-length", "content-encoding",
+                                    "content-range"}
+#: Directives that forbid serving a stale response (RFC 9111 §4.2.4; s-maxage implies
+#: proxy-revalidate in a shared cache).
+_NO_STALE: Final = ("must-revalidate", "proxy-revalidate", "s-maxage", "no-cache")
+_RANGE: Final = re.compile(r"bytes=(\d*)-(\d*)")
 
 
 class Headers(Protocol):
@@ -78,12 +103,13 @@ def cache_key(domain: str, target: str) -> str:
 
 @dataclass(slots=True)
 class Lookup:
-    """What the cache holds for a request: a response to serve as it is, or a stale
-    one to revalidate with these validators, or neither."""
+    """What the cache holds for a request, and what may be done with it."""
 
-    fresh: Entry | None = None
-    stale: Entry | None = None
-    validators: dict[str, str] = field(default_factory=dict)
+    fresh: Entry | None = None  # serve it as it is
+    stale: Entry | None = None  # stored but stale: revalidate, or serve it as allowed below
+    validators: dict[str, str] = field(default_factory=dict)  # for a conditional request
+    serve_stale: bool = False  # within stale-while-revalidate: serve now, refresh behind
+    stale_on_error: bool = False  # may be served if every attempt fails
 
 
 @dataclass(slots=True)
@@ -96,22 +122,6 @@ class Answer:
     body: bytes
 
 
-def http_date(value: str | None) -> float | None:
-    """Seconds since the epoch of an HTTP date, or None when absent or unparsable."""
-    if not value:
-        return None
-    try:
-        parsed = email.utils.parsedate_tz(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if parsed is None:
-        return None
-    try:
-        return float(calendar.timegm(parsed[:6]) - (parsed[9] or 0))
-    except (OverflowError, ValueError):
-        return None
-
-
 def _norm(value: str | None) -> str:
     return "\x01" if value is None else " ".join(value.split())
 
@@ -122,6 +132,20 @@ def _etag_matches(condition: str, etag: str) -> bool:
         return True
     weak = etag.removeprefix("W/")
     return any(c.strip().removeprefix("W/") == weak for c in condition.split(","))
+
+
+def _byte_range(value: str, length: int) -> tuple[int, int] | None:
+    """The one satisfiable range of ``Range: bytes=...`` over ``length`` bytes, as
+    (first, last); None for anything else (several ranges, other units, unsatisfiable)."""
+    m = _RANGE.fullmatch(value.strip())
+    if m is None or not (m.group(1) or m.group(2)):
+        return None
+    if not m.group(1):  # the last N bytes
+        suffix = int(m.group(2))
+        return (max(0, length - suffix), length - 1) if suffix and length else None
+    first = int(m.group(1))
+    last = min(int(m.group(2)), length - 1) if m.group(2) else length - 1
+    return (first, last) if first <= last else None
 
 
 class HeaderList:
@@ -146,25 +170,58 @@ class SharedCacheController(CacheController):
 
     :param store: the backend (:mod:`~wsgiproxy.cache.stores`), shared by every service:
         keys start with the service's domain.
-    :param ttl: HTTP_CACHE_TTL_SECONDS, the longest life of any entry.
+    :param ttl: how long an entry is kept (HTTP_CACHE_TTL_SECONDS, or the service's).
     :param max_object_bytes: CACHE_MAX_OBJECT_BYTES.
+    :param serve_stale_on_error: CACHE_SERVE_STALE_ON_ERROR.
     """
 
-    def __init__(self, store: BaseCache, *, ttl: float, max_object_bytes: int) -> None:
-        super().__init__(store, status_codes=tuple(STORABLE_STATUSES))
+    def __init__(self, store: BaseCache, *, ttl: float, max_object_bytes: int,
+                 serve_stale_on_error: bool = True) -> None:
+        super().__init__(store)
         #: The same object as CacheControl's ``self.cache``, typed as what it holds.
         self._backend: Store = store  # type: ignore[assignment]
         self.ttl = ttl
         self.max_object_bytes = max_object_bytes
+        self.serve_stale_on_error = serve_stale_on_error
 
-    # -- reading ---------------------------------------------------------------------
-    def _request_cc(self, headers: Headers) -> dict[str, int | None]:
-        if "Cache-Control" in headers:
-            return self.parse_cache_control(headers)  # type: ignore[arg-type]
-        if "no-cache" in (headers.get("Pragma") or ""):  # RFC 9111 §5.4, HTTP/1.0 clients
+    # -- directives --------------------------------------------------------------------
+    def parse_cache_control(self, headers: Mapping[str, str]) -> Directives:  # type: ignore[override]
+        """CacheControl's hook, stricter: names in any case, quoted values, RFC 5861."""
+        return cache_control(headers.get("Cache-Control"))
+
+    def directives(self, response: Headers) -> tuple[Directives, bool]:
+        """The response's directives for this cache: ``CDN-Cache-Control`` when it is
+        present and valid (RFC 9213), ``Cache-Control`` otherwise; and which it was."""
+        targeted = targeted_cache_control(response.get("CDN-Cache-Control"))
+        if targeted is not None:
+            return targeted, True
+        return cache_control(response.get("Cache-Control")), False
+
+    @staticmethod
+    def request_directives(request: Headers) -> Directives:
+        if "Cache-Control" in request:
+            return cache_control(request.get("Cache-Control"))
+        if "no-cache" in (request.get("Pragma") or ""):  # RFC 9111 §5.4, HTTP/1.0 clients
             return {"no-cache": None}
         return {}
 
+    @staticmethod
+    def _lifetime(cc: Directives, headers: Headers, date: float | None,
+                  targeted: bool) -> float:
+        """Freshness lifetime (RFC 9111 §4.2.1); an invalid Expires means already stale.
+        A targeted field's lifetime ignores ``Expires`` (RFC 9213 §2.2)."""
+        for directive in ("s-maxage", "max-age"):
+            value = cc.get(directive)
+            if isinstance(value, int):
+                return float(value)
+        if "Expires" in headers and not targeted:
+            expires = http_date(headers.get("Expires"))
+            if expires is None:
+                return 0.0
+            return max(0.0, expires - (date if date is not None else time.time()))
+        return 0.0
+
+    # -- reading ---------------------------------------------------------------------
     @staticmethod
     def _variant_key(key: str, names: tuple[str, ...], headers: Headers) -> str:
         values = "\x00".join(f"{n}={_norm(headers.get(n))}" for n in names)
@@ -184,24 +241,27 @@ class SharedCacheController(CacheController):
 
     def lookup(self, key: str, headers: Headers) -> Lookup:
         """What the cache holds for a GET or HEAD of ``key`` with these request headers."""
-        if "Range" in headers:
-            return Lookup()
-        cc = self._request_cc(headers)
+        req = self.request_directives(headers)
         entry = self.load(key, headers)
         if entry is None:
-            if "only-if-cached" in cc:
+            if "only-if-cached" in req:
                 raise NotCached("only-if-cached: no stored response for this request")
             return Lookup()
         age = entry.age(time.time())
         fresh = not entry.revalidate and age < entry.lifetime
-        if "no-cache" in cc or (cc.get("max-age") is not None and age > (cc["max-age"] or 0)):
+        max_age, min_fresh = req.get("max-age"), req.get("min-fresh")
+        if "no-cache" in req or (isinstance(max_age, int) and age > max_age):
             fresh = False
-        min_fresh = cc.get("min-fresh")
-        if min_fresh is not None and age + min_fresh >= entry.lifetime:
+        if isinstance(min_fresh, int) and age + min_fresh >= entry.lifetime:
             fresh = False
+        range_ = headers.get("Range")
+        if range_ is not None:  # served from a fresh whole response, or not at all
+            if fresh and entry.status == 200 and _byte_range(range_, len(entry.body)):
+                return Lookup(fresh=entry)
+            return Lookup()
         if fresh:
             return Lookup(fresh=entry)
-        if "only-if-cached" in cc:
+        if "only-if-cached" in req:
             raise NotCached("only-if-cached: the stored response is stale")
         validators = {}
         etag, modified = entry.header("ETag"), entry.header("Last-Modified")
@@ -209,16 +269,51 @@ class SharedCacheController(CacheController):
             validators["If-None-Match"] = etag
         if modified:
             validators["If-Modified-Since"] = modified
-        return Lookup(stale=entry if validators else None, validators=validators)
+        cc, _ = self.directives(HeaderList(entry.headers))
+        staleness = age - entry.lifetime
+        forbidden = any(d in cc for d in _NO_STALE) or entry.revalidate
+        swr = cc.get("stale-while-revalidate")
+        # stale-while-revalidate is the response's explicit permission: s-maxage (which
+        # only implies proxy-revalidate) does not take it back; the others do.
+        serve_stale = (isinstance(swr, int) and staleness <= swr and "no-cache" not in req
+                       and max_age is None and entry.lifetime > 0
+                       and not any(d in cc for d in _NO_STALE if d != "s-maxage")
+                       and not entry.revalidate)
+        sie = cc.get("stale-if-error")
+        stale_on_error = (self.serve_stale_on_error and not forbidden and entry.status < 500
+                          and (not isinstance(sie, int) or staleness <= sie))
+        return Lookup(stale=entry, validators=validators, serve_stale=serve_stale,
+                      stale_on_error=stale_on_error)
 
     def answer(self, entry: Entry, headers: Headers) -> Answer:
-        """The client's response from a stored one: with ``Age``, and 304 when the
-        client's own ``If-None-Match``/``If-Modified-Since`` already hold."""
+        """The client's response from a stored one: with ``Age``; 304 when the client's
+        own ``If-None-Match``/``If-Modified-Since`` already hold; 206 for one byte range."""
         out = [*entry.headers, ("Age", str(int(entry.age(time.time()))))]
         if self._client_has_it(entry, headers):
             return Answer(304, "Not Modified",
                           [h for h in out if h[0].lower() != "content-length"], b"")
+        range_ = headers.get("Range")
+        if range_ is not None and entry.status == 200 and self._if_range(entry, headers):
+            span = _byte_range(range_, len(entry.body))
+            if span is not None:
+                first, last = span
+                part = entry.body[first:last + 1]
+                out = [h for h in out if h[0].lower() != "content-length"]
+                out += [("Content-Range", f"bytes {first}-{last}/{len(entry.body)}"),
+                        ("Content-Length", str(len(part)))]
+                return Answer(206, "Partial Content", out, part)
         return Answer(entry.status, entry.reason, out, entry.body)
+
+    @staticmethod
+    def _if_range(entry: Entry, headers: Headers) -> bool:
+        """RFC 9110 §13.1.5: the range applies only to the representation named."""
+        condition = headers.get("If-Range")
+        if condition is None:
+            return True
+        etag = entry.header("ETag") or ""
+        if condition.startswith(('"', "W/")):
+            return not etag.startswith("W/") and condition == etag
+        return condition == entry.header("Last-Modified")
 
     @staticmethod
     def _client_has_it(entry: Entry, headers: Headers) -> bool:
@@ -236,10 +331,17 @@ class SharedCacheController(CacheController):
     # -- storing ---------------------------------------------------------------------
     def storable(self, method: str, status: int, response: Headers, request: Headers) -> bool:
         """Whether a response may be stored, judged from its head alone."""
-        if method != "GET" or status not in STORABLE_STATUSES:
+        if method != "GET" or not 200 <= status < 600 or status in (206, 304):
             return False
-        cc = self.parse_cache_control(response)  # type: ignore[arg-type]
-        if "no-store" in cc or "no-store" in self._request_cc(request) or "private" in cc:
+        if "Range" in request:
+            return False
+        cc, targeted = self.directives(response)
+        if "must-understand" in cc:
+            if status not in UNDERSTOOD:
+                return False
+        elif "no-store" in cc:
+            return False
+        if "no-store" in self.request_directives(request) or "private" in cc:
             return False
         if "Authorization" in request and not (
                 "public" in cc or "s-maxage" in cc or "must-revalidate" in cc):
@@ -252,39 +354,33 @@ class SharedCacheController(CacheController):
         has_validator = "ETag" in response or "Last-Modified" in response
         if "no-cache" in cc:
             return has_validator
-        return has_validator or self._lifetime(cc, response,
-                                               http_date(response.get("Date"))) > 0
+        lifetime = self._lifetime(cc, response, http_date(response.get("Date")), targeted)
+        return lifetime > 0 or (has_validator and status in HEURISTICALLY_CACHEABLE)
 
     @staticmethod
-    def _lifetime(cc: dict[str, int | None], headers: Headers, date: float | None) -> float:
-        """Freshness lifetime (RFC 9111 §4.2.1); an invalid Expires means already stale."""
-        for directive in ("s-maxage", "max-age"):
-            if cc.get(directive) is not None:
-                return float(cc[directive] or 0)
-        if "Expires" in headers:
-            expires = http_date(headers.get("Expires"))
-            if expires is None:
-                return 0.0
-            return max(0.0, expires - (date if date is not None else time.time()))
-        return 0.0
+    def _stored_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """What an entry keeps: no hop-by-hop fields, none the response's ``Connection``
+        names (RFC 9111 §3.1), no ``Age`` (computed when served)."""
+        listed = connection_tokens(HeaderList(headers).get("Connection"))
+        dropped = HOP_BY_HOP | listed | {"age"}
+        return [(k, v) for k, v in headers if k.lower() not in dropped]
 
     def make_entry(self, status: int, reason: str, headers: list[tuple[str, str]],
                    body: bytes, request: Headers, sent_at: float) -> Entry:
         """An entry for a response received now to a request sent at ``sent_at``."""
         now = time.time()
-        stored = [(k, v) for k, v in headers if k.lower() not in _NOT_STORED]
+        stored = self._stored_headers(headers)
         if not any(k.lower() == "content-length" for k, _ in stored) and status != 204:
             stored.append(("Content-Length", str(len(body))))
         view = HeaderList(stored)
         date = http_date(view.get("Date"))
-        age_header = next((v for k, v in headers if k.lower() == "age"), "0")
-        age_value = float(age_header) if age_header.strip().isdigit() else 0.0
+        age_value = age_seconds(HeaderList(headers).get("Age"))
         apparent_age = max(0.0, now - date) if date is not None else 0.0
         initial_age = max(apparent_age, age_value + max(0.0, now - sent_at))
-        cc = self.parse_cache_control(view)  # type: ignore[arg-type]
+        cc, targeted = self.directives(view)
         # The TTL bounds how long an entry stays here, counted from now: its age on
         # arrival does not shorten that.
-        lifetime = min(self._lifetime(cc, view, date), initial_age + self.ttl)
+        lifetime = min(self._lifetime(cc, view, date, targeted), initial_age + self.ttl)
         return Entry(status=status, reason=reason, headers=stored, body=body,
                      response_time=now, initial_age=initial_age, lifetime=lifetime,
                      vary={n: _norm(request.get(n)) for n in self._vary_names(view)},
@@ -297,22 +393,20 @@ class SharedCacheController(CacheController):
         return tuple(sorted(names))
 
     def store(self, key: str, request: Headers, entry: Entry) -> None:
-        """Keep ``entry`` for as long as it may be served or revalidated."""
-        has_validator = entry.header("ETag") or entry.header("Last-Modified")
-        keep = self.ttl if has_validator else entry.lifetime - entry.initial_age
-        if keep <= 0:
-            return
+        """Keep ``entry`` for the TTL, fresh or stale (to revalidate or serve stale)."""
         names = tuple(sorted(entry.vary))
         if names:
             self._backend.set(key, VaryIndex(names), expires=self.ttl)
             key = self._variant_key(key, names, request)
-        self._backend.set(key, entry, expires=keep)
+        self._backend.set(key, entry, expires=self.ttl)
         logger.debug("stored %s (%d bytes, fresh for %.0fs)", key, len(entry.body),
                      entry.lifetime)
 
     def capture(self, key: str, request: Headers, status: int, reason: str,
-                headers: list[tuple[str, str]], sent_at: float) -> BodyCapture:
-        """A :class:`BodyCapture` that stores this (storable) response when its body ends."""
+                headers: list[tuple[str, str]], sent_at: float,
+                on_end: Callable[[], None] | None = None) -> BodyCapture:
+        """A :class:`BodyCapture` that stores this (storable) response when its body
+        ends whole; ``on_end`` is told when it ends, stored or not."""
         length = HeaderList(headers).get("Content-Length") or ""
 
         def complete(body: bytes) -> None:
@@ -321,7 +415,7 @@ class SharedCacheController(CacheController):
             self.store(key, request, self.make_entry(status, reason, headers, body,
                                                      request, sent_at))
 
-        return BodyCapture(self.max_object_bytes, complete)
+        return BodyCapture(self.max_object_bytes, complete, on_end)
 
     def refresh(self, key: str, stale: Entry, request: Headers,
                 not_modified: list[tuple[str, str]], sent_at: float) -> Entry:
@@ -344,18 +438,21 @@ class SharedCacheController(CacheController):
 
 class BodyCapture:
     """Keeps a copy of a response body as it streams past, up to ``limit`` bytes, and
-    hands it to ``on_complete`` once the body has ended.
+    hands it to ``on_complete`` once the body has ended whole.
 
     Replaces CacheControl's ``CallbackFileWrapper``, which spools every GET body into a
     temporary file whether or not it can be stored. A body over the limit is dropped
-    from memory at once and streams on untouched.
+    from memory at once and streams on untouched. ``on_end`` is called once when the
+    body has ended, whole or not (a coalesced wait ends then).
     """
 
-    __slots__ = ("_limit", "_on_complete", "_parts", "_size")
+    __slots__ = ("_limit", "_on_complete", "_on_end", "_parts", "_size")
 
-    def __init__(self, limit: int, on_complete: Callable[[bytes], None]) -> None:
+    def __init__(self, limit: int, on_complete: Callable[[bytes], None],
+                 on_end: Callable[[], None] | None = None) -> None:
         self._limit = limit
         self._on_complete = on_complete
+        self._on_end = on_end
         self._parts: list[bytes] | None = []
         self._size = 0
 
@@ -371,5 +468,15 @@ class BodyCapture:
     def finish(self) -> None:
         """The body has ended, whole: store it (once)."""
         parts, self._parts = self._parts, None
-        if parts is not None:
-            self._on_complete(b"".join(parts))
+        try:
+            if parts is not None:
+                self._on_complete(b"".join(parts))
+        finally:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """The body ended before its end (or was stored): nothing more to keep."""
+        self._parts = None
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end()

@@ -2,11 +2,12 @@
 
 It owns the one pooled ``requests.Session``, on which each service's
 :class:`~wsgiproxy.upstream.adapter.ServiceAdapter` is mounted at ``http://<domain>/``,
-and the shared cache (:class:`~wsgiproxy.cache.SharedCacheController` over one store).
-For each request it asks the cache first, sends what the cache cannot answer through
-the service's adapter (found once per routes load with ``session.get_adapter``), and
-tells the cache what came back. The cache sits here, above the adapter, because what it
-does depends on the outcome across hosts, not of one attempt.
+and the shared cache (:class:`~wsgiproxy.cache.SharedCacheController` over one store,
+driven by :class:`~wsgiproxy.upstream.caching.CacheStep`). For each request it asks the
+cache first, sends what the cache cannot answer through the service's adapter (found
+once per routes load with ``session.get_adapter``), and tells the cache what came back.
+The cache sits above the adapter because what it does depends on the outcome across
+hosts (stale when every attempt failed), not of one attempt.
 
 What a proxy does differently from an HTTP client, and the reasons:
 
@@ -24,29 +25,25 @@ Nothing outside this package imports requests or urllib3.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.structures import CaseInsensitiveDict
 from urllib3.util import Timeout
 
 from ..balancer import RoundRobin
-from ..cache import (
-    INVALIDATING_METHODS,
-    SERVED_METHODS,
-    SharedCacheController,
-    cache_key,
-    make_store,
-)
-from ..errors import NotFound, ProxyError
-from ..exchange import CacheResult
+from ..cache import SAFE_METHODS, SERVED_METHODS, SharedCacheController, cache_key, make_store
+from ..cache.coalescing import Coalescer
+from ..errors import NotFound
 from ..headers import client_headers
 from ..policy import resolve_policy
 from .adapter import ServiceAdapter
-from .body import ResponseBody, StoredBody
+from .body import StoredBody
+from .caching import CacheStep, response_of
+from .messages import UpstreamRequest, UpstreamResponse
 from .retry import RetryPolicy
 from .upgraded import UpgradedConnection
 
@@ -55,48 +52,23 @@ if TYPE_CHECKING:
 
     from cachecontrol.cache import BaseCache
 
-    from ..cache import Answer, BodyCapture, Headers, Lookup
     from ..policy import ServicePolicy
     from ..routes_file import Backend, Service
     from ..settings import Settings
     from .adapter import Forwarded
-    from .body import Body
     from .transport import AttemptLog
 
 __all__ = ["UpstreamClient", "UpstreamRequest", "UpstreamResponse"]
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True, slots=True)
 class _Channel:
     """How one service is reached: its adapter, and its cache (None: not cached)."""
 
     adapter: ServiceAdapter
-    cache: SharedCacheController | None
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamRequest:
-    """A request as it goes to a service's host."""
-
-    method: str
-    target: str  # the raw target, sent byte-for-byte
-    headers: dict[str, str]  # every header the host gets, Host first
-    body: Any = None  # bytes, a read-once stream (wsgiproxy.bodies), or None
-    upgrade: str = ""  # "websocket": a handshake (the cache is not asked)
-
-
-@dataclass(slots=True)
-class UpstreamResponse:
-    """What the client gets: end-to-end headers only, and the body as it arrives."""
-
-    status: int
-    reason: str
-    headers: list[tuple[str, str]]
-    body: Body
-    cache: str = CacheResult.NONE  # how the cache answered (wsgiproxy.exchange.CacheResult)
-    #: After a 101 to an upgrade: the host's connection, to relay bytes on.
-    upgraded: UpgradedConnection | None = None
+    cache: CacheStep | None
 
 
 class UpstreamClient:
@@ -128,6 +100,8 @@ class UpstreamClient:
         #: One store for every service (keys start with the domain), made when a
         #: service first caches.
         self.store: BaseCache | None = None
+        #: Fetches in progress in this worker, for every service (keys include the domain).
+        self._coalescer = Coalescer(settings.cache_lock_timeout_seconds)
         self._channels: dict[str, _Channel] = {}
         self.update(services)
 
@@ -168,7 +142,7 @@ class UpstreamClient:
             service, balancer, RetryPolicy(policy.http_retries, policy.forward_retries),
             Timeout(connect=policy.connect_timeout_seconds, read=policy.read_timeout_seconds))
 
-    def _cache(self, policy: ServicePolicy) -> SharedCacheController | None:
+    def _cache(self, policy: ServicePolicy) -> CacheStep | None:
         """The service's view of the shared store, with its TTL; None if it is not cached."""
         ttl = policy.cache_ttl_seconds
         if ttl <= 0:
@@ -176,8 +150,10 @@ class UpstreamClient:
         if self.store is None:
             self.store = make_store(self._settings, ttl, self._cache_errors)
         self.store.ttl = max(self.store.ttl, ttl)  # type: ignore[attr-defined]
-        return SharedCacheController(self.store, ttl=ttl,
-                                     max_object_bytes=self._settings.cache_max_object_bytes)
+        controller = SharedCacheController(
+            self.store, ttl=ttl, max_object_bytes=self._settings.cache_max_object_bytes,
+            serve_stale_on_error=self._settings.cache_serve_stale_on_error)
+        return CacheStep(controller, self._coalescer)
 
     # -- requests --------------------------------------------------------------------
     def send(self, service: Service, request: UpstreamRequest,
@@ -185,51 +161,39 @@ class UpstreamClient:
         """The service's answer to ``request``, from the cache or from a host.
 
         Raises the :class:`~wsgiproxy.errors.ProxyError` of the failure when no host
-        gave an answer.
+        gave an answer (and no stale entry could be served instead).
         """
         channel = self._channels.get(service.domain)
         if channel is None:
             raise NotFound(f"service {service.name!r} was removed from the routes")
-        adapter, cache = channel.adapter, channel.cache
-        method = request.method
+        adapter, cache, method = channel.adapter, channel.cache, request.method
         if request.upgrade:
             return self._upgrade(adapter, request, log)
-        if cache is None or method not in SERVED_METHODS:
-            response = self._response(method, adapter.forward(
-                method, request.target, request.headers, request.body, log))
-            if cache is not None and method in INVALIDATING_METHODS \
-                    and 200 <= response.status < 400:
-                cache.invalidate(cache_key(service.domain, request.target))
-            return response
-        key = cache_key(service.domain, request.target)
-        headers: Headers = CaseInsensitiveDict(request.headers)
-        lookup = cache.lookup(key, headers)
-        if lookup.fresh is not None:
-            return _answered(cache.answer(lookup.fresh, headers), CacheResult.HIT)
-        return self._fetch(cache, adapter, key, request, headers, lookup, log)
+        if cache is not None and method in SERVED_METHODS:
+            return cache.send(adapter, cache_key(service.domain, request.target), request,
+                              CaseInsensitiveDict(request.headers), log)
+        forwarded = adapter.forward(method, request.target, request.headers, request.body,
+                                    log)
+        if cache is not None and method not in SAFE_METHODS \
+                and 200 <= forwarded.response.status < 400:
+            self._invalidate(cache, service, request.target, forwarded)
+        return response_of(method, forwarded)
 
-    def _fetch(self, cache: SharedCacheController, adapter: ServiceAdapter, key: str,
-               request: UpstreamRequest, headers: Headers, lookup: Lookup,
-               log: AttemptLog) -> UpstreamResponse:
-        """A GET or HEAD the cache could not answer: revalidate what it holds, or fetch,
-        and keep what may be kept."""
-        sent_at = time.time()
-        send_headers = {**request.headers, **lookup.validators} if lookup.stale \
-            else request.headers
-        forwarded = adapter.forward(request.method, request.target, send_headers,
-                                    request.body, log)
-        raw = forwarded.response
-        if raw.status == 304 and lookup.stale is not None:
-            not_modified = list(raw.headers.items())
-            raw.drain_conn()
-            raw.release_conn()
-            entry = cache.refresh(key, lookup.stale, headers, not_modified, sent_at)
-            return _answered(cache.answer(entry, headers), CacheResult.REVALIDATED)
-        capture = None
-        if request.method == "GET" and cache.storable("GET", raw.status, raw.headers, headers):
-            capture = cache.capture(key, headers, raw.status, raw.reason or "",
-                                    list(raw.headers.items()), sent_at)
-        return self._response(request.method, forwarded, capture, CacheResult.MISS)
+    @staticmethod
+    def _invalidate(cache: CacheStep, service: Service, target: str,
+                    forwarded: Forwarded) -> None:
+        """RFC 9111 §4.4: an unsafe method that succeeded invalidates its URL, and the
+        URLs its ``Location`` and ``Content-Location`` name on the same service."""
+        targets = {target}
+        for name in ("Location", "Content-Location"):
+            value = forwarded.response.headers.get(name)
+            if not value:
+                continue
+            parts = urlsplit(urljoin(f"http://{service.domain}{target}", value))
+            if parts.netloc.lower() == service.domain:
+                targets.add(parts.path + (f"?{parts.query}" if parts.query else ""))
+        for each in targets:
+            cache.controller.invalidate(cache_key(service.domain, each))
 
     def _upgrade(self, adapter: ServiceAdapter, request: UpstreamRequest,
                  log: AttemptLog) -> UpstreamResponse:
@@ -240,32 +204,12 @@ class UpstreamClient:
                                     request.body, log, upgrade=True)
         raw = forwarded.response
         if raw.status != 101:
-            return self._response(request.method, forwarded)
+            return response_of(request.method, forwarded)
         headers = client_headers(raw.headers.items(), connection=None, keep_length=False)
         headers += [("Connection", "Upgrade"),
                     ("Upgrade", raw.headers.get("Upgrade") or request.upgrade)]
         return UpstreamResponse(101, raw.reason or "Switching Protocols", headers,
                                 StoredBody(b""), upgraded=UpgradedConnection(raw))
 
-    @staticmethod
-    def _response(method: str, forwarded: Forwarded, capture: BodyCapture | None = None,
-                  cache: str = CacheResult.NONE) -> UpstreamResponse:
-        raw = forwarded.response
-        try:
-            headers = client_headers(raw.headers.items(),
-                                     connection=raw.headers.get("Connection"),
-                                     keep_length=not raw.chunked)
-        except ProxyError:
-            raw.close()
-            raw.release_conn()
-            raise
-        body = ResponseBody(raw, forwarded.first, capture, ended=method == "HEAD")
-        return UpstreamResponse(raw.status, raw.reason or "", headers, body, cache)
-
     def close(self) -> None:
         self.session.close()
-
-
-def _answered(answer: Answer, cache: str) -> UpstreamResponse:
-    return UpstreamResponse(answer.status, answer.reason, answer.headers,
-                            StoredBody(answer.body), cache)
