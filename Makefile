@@ -27,14 +27,17 @@ check-config: install   ## check the settings and the routes file, then exit
 demo: install           ## three sample backends + the proxy; Ctrl-C stops them all
 	$(BIN)/python scripts/demo.py
 
-test-tools:             # Prometheus and promtool (Debian package) for the monitoring tests
-	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then :; \
+test-tools:             # Prometheus, promtool, Alertmanager, amtool (Debian) for the monitoring tests
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null \
+	    && command -v amtool >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing prometheus (Debian package) for the monitoring tests"; \
-	    apt-get install -y -q prometheus >/dev/null 2>&1 || \
-	    { apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null; } || \
-	    echo "could not install prometheus: its tests will be skipped"; \
-	else echo "no prometheus/promtool: its tests will be skipped (apt-get install prometheus)"; fi
+	    echo "installing prometheus, prometheus-alertmanager (Debian) for the monitoring tests"; \
+	    apt-get install -y -q prometheus prometheus-alertmanager >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && \
+	      apt-get install -y -q prometheus prometheus-alertmanager >/dev/null; } || \
+	    echo "could not install them: their tests will be skipped"; \
+	else echo "no prometheus/promtool/amtool: their tests will be skipped" \
+	    "(apt-get install prometheus prometheus-alertmanager)"; fi
 
 test: install test-tools  ## every test (real sockets on loopback)
 	$(BIN)/python -m pytest
@@ -61,10 +64,7 @@ cache-tests: install      ## the public HTTP cache test suite against the proxy 
 	$(BIN)/python scripts/cache_tests.py
 
 docker-build:           ## the container image (needs a Docker engine)
-	@docker info >/dev/null 2>&1 || { echo "cache-tests: install      ## the public HTTP cache test suite against the proxy (needs node, npm)
-	$(BIN)/python scripts/cache_tests.py
-
-docker-build: no Docker engine here; the Dockerfile is checked by hadolint in make test"; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "docker-build: no Docker engine here; the Dockerfile is checked by hadolint in make test"; exit 1; }
 	docker build -t wsgiproxy:0.1.0 .
 
 clean:

@@ -12,6 +12,7 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parents[1] / "config" / "grafana" / "wsgiproxy-dashboard.json"
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'service=~"$service"'
+INST = 'instance=~"$instance"'
 
 
 def panel(i: int, title: str, description: str, unit: str,
@@ -58,7 +59,44 @@ PANELS = [
      "Redis operations per second.", "short",
      [("job:proxy_requests_in_flight:sum", "in flight"),
       ("operation:proxy_cache_errors:rate5m", "redis {{operation}} errors/s")]),
+    ("Error budget left (30 days)", "Share of the 30-day error budget not yet spent: 1 "
+     "untouched, 0 spent, below 0 over. SLOs: slo:*:objective in the recording rules.",
+     "percentunit",
+     [(f"service:proxy_availability_budget:remaining30d{{{SEL}}}", "availability {{service}}"),
+      (f"service:proxy_latency_budget:remaining30d{{{SEL}}}", "latency {{service}}")]),
+    ("Error-budget burn rate (1 h)", "How many times faster than it renews the budget is "
+     "spent: 1 spends it in exactly 30 days; the fast-burn page is at 14.4.", "none",
+     [(f"service:proxy_requests_errors:ratio_rate1h{{{SEL}}} / on() group_left() "
+       "(1 - slo:proxy_availability:objective)", "availability {{service}}"),
+      (f"service:proxy_requests_slow:ratio_rate1h{{{SEL}}} / on() group_left() "
+       "(1 - slo:proxy_latency:objective)", "latency {{service}}")]),
+    ("Requests per instance", "Requests answered per second by each pod (or host): an "
+     "uneven share points at the load balancer in front.", "reqps",
+     [(f"instance:proxy_requests:rate5m{{{INST}}}", "{{instance}}")]),
+    ("CPU per instance", "Cores used by each pod, and by each of its processes (gunicorn's "
+     "master and workers): a worker near 1 core is saturated.", "short",
+     [(f"instance:process_cpu_seconds:rate5m{{{INST}}}", "{{instance}}"),
+      (f"instance_pid:process_cpu_seconds:rate5m{{{INST}}}",
+       "{{instance}} {{role}} {{pid}}")]),
+    ("Memory per instance", "Resident memory of each pod (sum of its processes; compare "
+     "with the 512Mi limit) and of each process.", "bytes",
+     [(f"instance:process_resident_memory_bytes:sum{{{INST}}}", "{{instance}}"),
+      (f"instance_pid:process_resident_memory_bytes:sum{{{INST}}}",
+       "{{instance}} {{role}} {{pid}}")]),
+    ("Open connections and tunnels per instance", "Open file descriptors (client and "
+     "upstream sockets) and WebSocket tunnels of each pod.", "short",
+     [(f"instance:process_open_fds:sum{{{INST}}}", "fds {{instance}}"),
+      (f"instance:proxy_tunnels_active:sum{{{INST}}}", "tunnels {{instance}}")]),
 ]
+
+
+def selector(label: str, rule: str) -> dict:
+    """A multi-value variable listing the values of ``label`` in ``rule``, All by default."""
+    query = f"label_values({rule}, {label})"
+    return {"name": label, "type": "query", "datasource": DS, "label": label.capitalize(),
+            "query": {"query": query, "refId": f"{label}s"}, "definition": query,
+            "includeAll": True, "multi": True, "allValue": ".*", "refresh": 2,
+            "current": {"text": "All", "value": "$__all"}}
 
 
 def dashboard() -> dict:
@@ -68,19 +106,16 @@ def dashboard() -> dict:
     return {
         "uid": "wsgiproxy", "title": "wsgiproxy", "tags": ["wsgiproxy", "proxy"],
         "description": "SLIs of wsgiproxy: volume, latency, success rate, request and "
-                       "response processing time, cache, upstream health. Reads the "
+                       "response processing time, cache, upstream health, error budgets, "
+                       "each instance's load, CPU and memory. Reads the "
                        "recording rules of config/prometheus/rules.",
-        "schemaVersion": 39, "version": 2, "editable": True, "refresh": "30s",
+        "schemaVersion": 39, "version": 3, "editable": True, "refresh": "30s",
         "time": {"from": "now-1h", "to": "now"},
         "templating": {"list": [
             {"name": "datasource", "type": "datasource", "query": "prometheus",
              "label": "Prometheus"},
-            {"name": "service", "type": "query", "datasource": DS, "label": "Service",
-             "query": {"query": "label_values(service:proxy_requests:rate5m, service)",
-                       "refId": "services"},
-             "definition": "label_values(service:proxy_requests:rate5m, service)",
-             "includeAll": True, "multi": True, "allValue": ".*", "refresh": 2,
-             "current": {"text": "All", "value": "$__all"}},
+            selector("service", "service:proxy_requests:rate5m"),
+            selector("instance", "instance:proxy_requests:rate5m"),
         ]},
         "panels": panels,
     }

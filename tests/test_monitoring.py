@@ -25,6 +25,9 @@ PROM = REPO / "config" / "prometheus"
 RULE_FILES = sorted((PROM / "rules").glob("*.yml"))
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
+AMTOOL = shutil.which("amtool")
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+ALERTMANAGER_CONFIG = REPO / "config" / "alertmanager" / "alertmanager.yml"
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool is not installed (Debian package: prometheus)")
 DOMAIN = "mon.test"
@@ -50,7 +53,7 @@ def series_names(expr: str) -> set[str]:
                            expr))
     words = {"sum", "by", "rate", "histogram_quantile", "count", "min", "max", "and", "or",
              "unless", "without", "avg", "le", "service", "host", "code", "outcome",
-             "operation", "job", "bool"}
+             "operation", "job", "bool", "on", "instance", "pid", "role", "ignoring"}
     return {n for n in names if n not in words and not n.isdigit()}
 
 
@@ -65,22 +68,71 @@ def test_prometheus_config_and_rules_pass_promtool():
 
 
 @needs_promtool
+def test_the_prometheus_operator_rule_carries_the_same_rules(tmp_path):
+    rule = yaml.safe_load((REPO / "k8s" / "monitoring" / "prometheusrule.yaml").read_text())
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    result = promtool("check", "rules", str(tmp_path / "rules.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert rule["spec"]["groups"] == [g for path in RULE_FILES
+                                      for g in yaml.safe_load(path.read_text())["groups"]]
+
+
+@needs_promtool
 def test_alert_rules_unit_tests_pass():
     result = promtool("test", "rules", "tests/wsgiproxy-rules.test.yml")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+    # every group is in the evaluation order, recording groups first: otherwise promtool
+    # may evaluate an alert before the rules it reads, and the tests flap
+    order = yaml.safe_load((PROM / "tests" / "wsgiproxy-rules.test.yml").read_text())[
+        "group_eval_order"]
+    groups = [g["name"] for path in (PROM / "rules" / "wsgiproxy-recording.yml",
+                                     PROM / "rules" / "wsgiproxy-alerts.yml")
+              for g in yaml.safe_load(path.read_text())["groups"]]
+    assert order == groups
 
 
 def test_every_alert_is_unit_tested_and_explains_itself():
     tests = (PROM / "tests" / "wsgiproxy-rules.test.yml").read_text()
     alerts = [r for r in rules() if "alert" in r]
-    assert {a["alert"] for a in alerts} >= {"WsgiproxySuccessRateLow", "WsgiproxyLatencyHigh",
-                                             "WsgiproxyAllHostsDown",
-                                             "WsgiproxyCacheBackendErrors"}
+    assert {a["alert"] for a in alerts} == {
+        "WsgiproxyAvailabilityBudgetBurnFast", "WsgiproxyAvailabilityBudgetBurnSlow",
+        "WsgiproxyLatencyBudgetBurnFast", "WsgiproxyLatencyBudgetBurnSlow",
+        "WsgiproxyAllHostsDown", "WsgiproxyHostDown", "WsgiproxyCacheBackendErrors",
+        "WsgiproxyConfigReloadFailed", "WsgiproxyInstanceDown", "WsgiproxyMetricsAbsent"}
     for alert in alerts:
-        assert f"alertname: {alert['alert']}" in tests, alert["alert"]
+        name = alert["alert"]
+        # each alert has a case where it fires and one where it must not (exp_alerts: [])
+        cases = re.findall(rf"alertname: {name}\n(\s+)exp_alerts:(.*)", tests)
+        assert any(rest.strip() == "[]" for _, rest in cases), f"{name}: no must-not-fire case"
+        assert any(rest.strip() != "[]" for _, rest in cases), f"{name}: no firing case"
         assert alert["labels"]["severity"] in ("critical", "warning")
         assert len(alert["annotations"]["description"]) > 80  # says what to look at
+        assert "job" not in alert["expr"], f"{name} depends on a scrape job's name"
+
+
+def test_slos_are_stated_once_and_burn_alerts_use_them():
+    objectives = {r["record"]: r["expr"] for r in rules()
+                  if r.get("record", "").startswith("slo:")}
+    assert objectives == {"slo:proxy_availability:objective": "vector(0.999)",
+                          "slo:proxy_latency:objective": "vector(0.99)"}
+    numbers = re.compile(r"0\.99\d*")
+    for rule in rules():
+        if not rule.get("record", "").startswith("slo:"):
+            expr = re.sub(r"histogram_quantile\(0\.\d+", "", rule["expr"])
+            assert not numbers.search(expr), (rule.get("record") or rule["alert"])
+    burns = {r["alert"]: r["expr"] for r in rules() if "BudgetBurn" in r.get("alert", "")}
+    # Google SRE workbook: page on 1h/5m at 14.4x or 6h/30m at 6x; ticket on 1d/2h at 3x
+    # or 3d/6h at 1x; each long window paired with its short one.
+    for name, windows in (("Fast", (("1h", "5m", "14.4"), ("6h", "30m", "6"))),
+                          ("Slow", (("1d", "2h", "3"), ("3d", "6h", "1")))):
+        for kind, slo in (("Availability", "availability"), ("Latency", "latency")):
+            expr = burns[f"Wsgiproxy{kind}BudgetBurn{name}"]
+            for long, short, factor in windows:
+                for window in (long, short):
+                    assert re.search(rf"ratio_rate{window}\s+> on\(\) group_left\(\) "
+                                     rf"\({factor} \* \(1 - slo:proxy_{slo}:objective\)\)",
+                                     expr), (name, kind, window)
 
 
 @needs_promtool
@@ -169,7 +221,7 @@ def test_compose_names_only_files_that_exist():
 def test_compose_services_point_at_each_other():
     services = compose()["services"]
     assert {"wsgiproxy", "backend-1", "backend-2", "backend-3", "redis", "prometheus",
-            "grafana"} <= set(services)
+            "alertmanager", "grafana"} <= set(services)
     proxy_env = services["wsgiproxy"]["environment"]
     assert proxy_env["CACHE_URL"] == "redis://redis:6379/0"
     # the routes file sends traffic to the backends on the ports their commands use
@@ -185,34 +237,98 @@ def test_compose_services_point_at_each_other():
     datasource = yaml.safe_load((REPO / "config/grafana/provisioning/datasources/"
                                  "prometheus.yml").read_text())["datasources"][0]
     assert datasource["url"] == "http://prometheus:9090"
+    # Prometheus loads the alert rules and sends to the Alertmanager compose runs, whose
+    # config is the project's
+    prometheus = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    assert "rules/wsgiproxy-alerts.yml" in prometheus["rule_files"]
+    [alertmanagers] = prometheus["alerting"]["alertmanagers"]
+    assert alertmanagers["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    alertmanager = services["alertmanager"]
+    assert "9093:9093" in alertmanager["ports"]
+    [volume] = alertmanager["volumes"]
+    source, target = volume.split(":")[:2]
+    assert (REPO / source).resolve() == ALERTMANAGER_CONFIG.parent
+    assert f"--config.file={target}/{ALERTMANAGER_CONFIG.name}" in alertmanager["command"]
+    assert "alertmanager" in services["prometheus"]["depends_on"]
+
+
+# -- Alertmanager -------------------------------------------------------------------------------
+needs_amtool = pytest.mark.skipif(
+    AMTOOL is None, reason="amtool is not installed (Debian package: prometheus-alertmanager)")
+
+
+@needs_amtool
+def test_alertmanager_config_passes_amtool_and_pages_only_critical_alerts():
+    def amtool(*args: str) -> str:
+        assert AMTOOL
+        result = subprocess.run([AMTOOL, *args], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout.strip()
+
+    assert "SUCCESS" in amtool("check-config", str(ALERTMANAGER_CONFIG))
+    for alert in (r for r in rules() if "alert" in r):
+        receiver = amtool("config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}",
+                          f"alertname={alert['alert']}", f"severity={alert['labels']['severity']}",
+                          "service=shop")
+        expected = "wsgiproxy-pager" if alert["labels"]["severity"] == "critical" \
+            else "wsgiproxy-team"
+        assert receiver == expected, alert["alert"]
 
 
 # -- a real Prometheus --------------------------------------------------------------------------
+needs_prometheus = pytest.mark.skipif(
+    PROMETHEUS is None,
+    reason="the prometheus server is not installed (Debian package: prometheus)")
+
+
+class Prometheus:
+    """A real Prometheus with the project's prometheus.yml and rules, scraping one proxy
+    every second; ``alertmanager`` replaces the compose Alertmanager's address."""
+
+    def __init__(self, tmp_path, metrics_port: int, *, alertmanager: str | None = None,
+                 rules_dir=None):
+        config = yaml.safe_load((PROM / "prometheus.yml").read_text())
+        config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+        config["rule_files"] = [str((rules_dir or PROM) / f) for f in config["rule_files"]]
+        config["scrape_configs"][0]["static_configs"] = [
+            {"targets": [f"127.0.0.1:{metrics_port}"]}]
+        if alertmanager:
+            config["alerting"]["alertmanagers"][0]["static_configs"] = [
+                {"targets": [alertmanager]}]
+        else:
+            del config["alerting"]
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.port = reserve_port()
+        assert PROMETHEUS
+        self.process = subprocess.Popen(
+            [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: _get(f"http://127.0.0.1:{self.port}/-/ready"), 30, 0.2,
+                   "Prometheus")
+
+    def query(self, promql: str) -> list[dict]:
+        return requests.get(f"http://127.0.0.1:{self.port}/api/v1/query",
+                            params={"query": promql}, timeout=5).json()["data"]["result"]
+
+    def by_service(self, promql: str) -> dict[str, float]:
+        return {r["metric"].get("service", ""): float(r["value"][1])
+                for r in self.query(promql)}
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(20)
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(PROMETHEUS is None,
-                    reason="the prometheus server is not installed (Debian package: prometheus)")
+@needs_prometheus
 def test_prometheus_scrapes_the_proxy_and_records_the_slis(backend, proxy, tmp_path):
     b = backend(lambda seen: Reply(200, [("Cache-Control", "max-age=60")], b"x"))
     p = proxy({DOMAIN: [b.port]}, server="gunicorn", workers=2)
-    config = yaml.safe_load((PROM / "prometheus.yml").read_text())
-    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    config["rule_files"] = [str(PROM / f) for f in config["rule_files"]]
-    config["scrape_configs"][0]["static_configs"] = [
-        {"targets": [f"127.0.0.1:{p.metrics_port}"]}]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = reserve_port()
-    server = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    api = f"http://127.0.0.1:{port}/api/v1/query"
-
-    def query(promql: str) -> dict[str, float]:
-        data = requests.get(api, params={"query": promql}, timeout=5).json()["data"]["result"]
-        return {r["metric"].get("service", ""): float(r["value"][1]) for r in data}
-
+    prometheus = Prometheus(tmp_path, p.metrics_port)
+    query = prometheus.by_service
     try:
-        wait_until(lambda: _get(f"http://127.0.0.1:{port}/-/ready"), 30, 0.2, "Prometheus")
         service = "mon-test"
         counted = f'sum by (service) (proxy_requests_total{{service="{service}"}})'
         with session() as s:
@@ -236,10 +352,77 @@ def test_prometheus_scrapes_the_proxy_and_records_the_slis(backend, proxy, tmp_p
         assert success == 1.0
         assert 0.9 < hit_ratio <= 1  # 1 miss, 49 hits (the miss may precede the window)
         assert 0 < p99 < 1
-        assert query('up{job="wsgiproxy"}') == {"": 1.0}
+        budget = wait_until(lambda: query("service:proxy_availability_budget:remaining30d")
+                            .get(service), 30, 0.5, "the error-budget rule")
+        assert budget == 1.0  # no 5xx: the budget is untouched
+
+        # every query of the dashboard answers from this live scrape, per instance too
+        dashboard = json.loads((REPO / "config" / "grafana" / "wsgiproxy-dashboard.json")
+                               .read_text())
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"].replace("$service", ".*").replace("$instance", ".*")
+                wait_until(lambda expr=expr: prometheus.query(expr), 30, 0.5,
+                           f"{panel['title']!r}: {expr}")
+        [cpu] = prometheus.query("instance:process_cpu_seconds:rate5m")
+        roles = {r["metric"]["role"]
+                 for r in prometheus.query("instance_pid:process_resident_memory_bytes:sum")}
+        assert cpu["metric"]["instance"] == f"127.0.0.1:{p.metrics_port}"
+        assert roles == {"master", "worker"}
     finally:
-        server.terminate()
-        server.wait(20)
+        prometheus.stop()
+
+
+@pytest.mark.slow
+@needs_prometheus
+@pytest.mark.skipif(ALERTMANAGER is None, reason="the alertmanager server is not installed "
+                    "(Debian package: prometheus-alertmanager)")
+def test_a_stopped_host_reaches_alertmanager_as_host_down(backend, proxy, tmp_path):
+    """What `docker compose up` shows when a backend is stopped, on loopback: the
+    project's Prometheus config, rules and Alertmanager config, with the alerts' `for`
+    shortened to 1 s so the test need not wait 5 minutes."""
+    up, down = backend(), backend()
+    p = proxy({DOMAIN: [up.port, down.port]}, server="gunicorn", workers=1)
+    rules_dir = tmp_path / "prom"
+    (rules_dir / "rules").mkdir(parents=True)
+    for path in RULE_FILES:
+        text = re.sub(r"^(\s+for: ).*$", r"\g<1>1s", path.read_text(), flags=re.M)
+        (rules_dir / "rules" / path.name).write_text(text)
+    am_port = reserve_port()
+    assert ALERTMANAGER
+    alertmanager = subprocess.Popen(
+        [ALERTMANAGER, f"--config.file={ALERTMANAGER_CONFIG}",
+         f"--storage.path={tmp_path / 'am'}", f"--web.listen-address=127.0.0.1:{am_port}",
+         "--cluster.listen-address="],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prometheus = None
+    try:
+        am = f"http://127.0.0.1:{am_port}"
+        wait_until(lambda: _get(f"{am}/-/ready"), 30, 0.2, "Alertmanager")
+        prometheus = Prometheus(tmp_path, p.metrics_port, alertmanager=f"127.0.0.1:{am_port}",
+                                rules_dir=rules_dir)
+        down.stop()
+        with session() as s:  # traffic finds the stopped host and ejects it
+            for _ in range(4):
+                assert s.get(p.url("/proxy/x"), headers={"Host": DOMAIN}).ok
+
+        def host_down_alerts():
+            alerts = requests.get(f"{am}/api/v2/alerts", timeout=5).json()
+            return [a["labels"] for a in alerts if a["labels"]["alertname"] ==
+                    "WsgiproxyHostDown"]
+
+        [labels] = wait_until(host_down_alerts, 60, 0.5, "WsgiproxyHostDown in Alertmanager")
+        assert labels["host"] == f"127.0.0.1:{down.port}"
+        assert (labels["service"], labels["severity"]) == ("mon-test", "warning")
+        # the healthy host, and the service as a whole, raise nothing
+        firing = {a["labels"]["alertname"]
+                  for a in requests.get(f"{am}/api/v2/alerts", timeout=5).json()}
+        assert firing == {"WsgiproxyHostDown"}
+    finally:
+        if prometheus:
+            prometheus.stop()
+        alertmanager.terminate()
+        alertmanager.wait(20)
 
 
 def _get(url: str) -> bool:
