@@ -57,7 +57,7 @@ bench-tools:            # nginx, its echo module and wrk: Debian packages
 	    { apt-get update -q >/dev/null && apt-get install -y -q nginx wrk libnginx-mod-http-echo >/dev/null; }; \
 	else echo "make bench needs: sudo apt-get install -y nginx wrk libnginx-mod-http-echo"; exit 1; fi
 
-bench: install bench-tools  ## wrk against wsgiproxy and nginx in one run (BENCH_ARGS=--quick)
+bench: install bench-tools  ## wrk: wsgiproxy, its ceiling and nginx in one run -> reports/bench.{json,png}
 	PATH="$$PATH:/usr/sbin" $(BIN)/python bench/bench.py $(BENCH_ARGS)
 
 cache-tests: install      ## the public HTTP cache test suite against the proxy (needs node, npm)

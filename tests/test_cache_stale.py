@@ -168,6 +168,27 @@ def test_a_waiter_goes_itself_when_the_response_cannot_be_stored(backend, proxy)
     assert host.count == 5
 
 
+def test_a_url_that_could_not_be_stored_is_not_coalesced_again(backend, proxy):
+    """After one no-store answer, concurrent requests for the URL go to the host together
+    instead of queueing behind each other (Varnish's hit-for-miss). The host answers
+    only once it holds all of them at once: coalesced, they could never be."""
+    together = threading.Barrier(5, timeout=3)
+    first = threading.Event()
+
+    def host(seen):
+        if first.is_set():
+            together.wait()  # BrokenBarrierError (a 500) if they do not arrive together
+        first.set()
+        return Reply(200, [("Cache-Control", "no-store")], b"fresh every time")
+
+    p = proxy({DOMAIN: [backend(host).port]}, env={"MAX_HTTP_RETRIES": "0"})
+    assert get(p, "/proxy/busy").headers["X-Cache"] == "MISS"
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(lambda _: get(p, "/proxy/busy"), range(5)))
+    assert [(a.status_code, a.content) for a in answers] == [(200, b"fresh every time")] * 5
+    assert not together.broken
+
+
 def test_a_waiter_stops_waiting_after_the_lock_timeout(backend, proxy):
     host = Switchable("max-age=60", delay=1.5)
     p = proxy({DOMAIN: [backend(host).port]}, env={"CACHE_LOCK_TIMEOUT_SECONDS": "0.2"})

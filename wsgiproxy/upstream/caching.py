@@ -107,7 +107,7 @@ class CacheStep:
             self._refresh_behind(adapter, key, request, headers, lookup)
             return answered(controller.answer(lookup.stale, headers), CacheResult.STALE)
         lead = None
-        if request.method == "GET" and self.coalescer.timeout > 0:
+        if request.method == "GET" and self.coalescer.coalesces(key):
             lead = self.coalescer.lead(key)
             # Another request is fetching this URL: wait for it, and use what it stored.
             # If it stored nothing this request can use, or took too long: go ourselves.
@@ -167,7 +167,10 @@ class CacheStep:
                                                            headers):
             capture = controller.capture(key, headers, raw.status, raw.reason or "",
                                          list(raw.headers.items()), sent_at, on_end=release)
+            coalescer.storable(key)
         else:
+            if request.method == "GET":
+                coalescer.not_storable(key)
             release()
         return response_of(request.method, forwarded, capture, CacheResult.MISS)
 
