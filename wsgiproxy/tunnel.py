@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from .exchange import Exchange
 
-__all__ = ["Relay", "TunnelBody", "UpstreamEnd"]
+__all__ = ["Relay", "SocketEnd", "TunnelBody", "UpstreamEnd"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +45,11 @@ class UpstreamEnd(Protocol):
     def close(self) -> None: ...
 
 
-class _ClientEnd:
-    """The client's side: its socket, as the WSGI server handed it over."""
+class SocketEnd:
+    """What both ends of a tunnel do the same way: write to, time and half-close the
+    socket ``_sock`` (set by the subclass)."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-
-    def read(self, size: int) -> bytes:
-        return self._sock.recv(size)
+    _sock: socket.socket
 
     def sendall(self, data: bytes) -> None:
         self._sock.sendall(data)
@@ -61,10 +58,21 @@ class _ClientEnd:
         self._sock.settimeout(seconds)
 
     def end_writing(self) -> None:
+        """Half-close: the other side reads an end of file, and may still answer."""
         try:
             self._sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
+
+
+class _ClientEnd(SocketEnd):
+    """The client's side: its socket, as the WSGI server handed it over."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def read(self, size: int) -> bytes:
+        return self._sock.recv(size)
 
     def close(self) -> None:
         pass  # the server's: it closes the connection when the response is over

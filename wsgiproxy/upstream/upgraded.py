@@ -11,16 +11,19 @@ idle tunnel cost 65 KiB of a worker's memory in ``bench/tunnels.py``.)
 
 from __future__ import annotations
 
-import socket
 from typing import TYPE_CHECKING, Any
 
+from ..tunnel import SocketEnd
+
 if TYPE_CHECKING:
+    import socket
+
     from urllib3.response import BaseHTTPResponse
 
 __all__ = ["UpgradedConnection"]
 
 
-class UpgradedConnection:
+class UpgradedConnection(SocketEnd):
     """The host's side of a tunnel."""
 
     def __init__(self, response: BaseHTTPResponse) -> None:
@@ -42,19 +45,6 @@ class UpgradedConnection:
             if data:
                 return data
         return self._sock.recv(size)
-
-    def sendall(self, data: bytes) -> None:
-        self._sock.sendall(data)
-
-    def settimeout(self, seconds: float | None) -> None:
-        self._sock.settimeout(seconds)
-
-    def end_writing(self) -> None:
-        """Half-close: the host reads an end of file, and may still answer."""
-        try:
-            self._sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
 
     def close(self) -> None:
         self._response.close()
