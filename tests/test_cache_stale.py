@@ -168,7 +168,8 @@ def test_a_waiter_goes_itself_when_the_response_cannot_be_stored(backend, proxy)
     assert host.count == 5
 
 
-def test_a_url_that_could_not_be_stored_is_not_coalesced_again(backend, proxy):
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_url_that_could_not_be_stored_is_not_coalesced_again(backend, proxy, server):
     """After one no-store answer, concurrent requests for the URL go to the host together
     instead of queueing behind each other (Varnish's hit-for-miss). The host answers
     only once it holds all of them at once: coalesced, they could never be."""
@@ -181,7 +182,8 @@ def test_a_url_that_could_not_be_stored_is_not_coalesced_again(backend, proxy):
         first.set()
         return Reply(200, [("Cache-Control", "no-store")], b"fresh every time")
 
-    p = proxy({DOMAIN: [backend(host).port]}, env={"MAX_HTTP_RETRIES": "0"})
+    p = proxy({DOMAIN: [backend(host).port]}, server=server,
+              env={"MAX_HTTP_RETRIES": "0"})  # one worker: it saw the first answer
     assert get(p, "/proxy/busy").headers["X-Cache"] == "MISS"
     with concurrent.futures.ThreadPoolExecutor(5) as pool:
         answers = list(pool.map(lambda _: get(p, "/proxy/busy"), range(5)))

@@ -19,6 +19,7 @@ import yaml
 from support.backends import Reply
 from support.net import reserve_port, wait_until
 from support.proxy import REPO, routes_yaml
+from support.scripts import load_script
 from wsgiproxy.routes_file import parse_routes
 from wsgiproxy.settings import SETTINGS, load_settings
 
@@ -118,18 +119,8 @@ def test_core_manifests_need_no_crd():
                                                           "prometheusrule.yaml"}
 
 
-def _k8s_manifests_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("k8s_manifests",
-                                                  REPO / "scripts" / "k8s_manifests.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_settings_checksum_and_prometheus_rule_are_up_to_date():
-    script = _k8s_manifests_script()
+    script = load_script("k8s_manifests")
     hint = "run: .venv/bin/python scripts/k8s_manifests.py"
     assert (K8S / "deployment.yaml").read_text() == script.deployment_text(), hint
     assert (MONITORING / "prometheusrule.yaml").read_text() == script.prometheus_rule_text(), \
@@ -139,7 +130,7 @@ def test_settings_checksum_and_prometheus_rule_are_up_to_date():
 
 
 def test_a_settings_change_changes_the_checksum(tmp_path, monkeypatch):
-    script = _k8s_manifests_script()
+    script = load_script("k8s_manifests")
     before = script.settings_checksum()
     edited = tmp_path / "k8s"
     edited.mkdir()

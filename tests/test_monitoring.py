@@ -19,6 +19,7 @@ from support.backends import Reply
 from support.client import session
 from support.net import reserve_port, wait_until
 from support.proxy import REPO
+from support.scripts import load_script
 from wsgiproxy.routes_file import parse_routes
 
 PROM = REPO / "config" / "prometheus"
@@ -174,11 +175,7 @@ def test_dashboard_reads_recording_rules_and_rules_read_exported_metrics(backend
 
 
 def test_the_dashboard_file_is_generated_from_scripts_dashboard():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("dashboard", REPO / "scripts/dashboard.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("dashboard")
     on_disk = json.loads(module.OUT.read_text())
     assert on_disk == module.dashboard(), "run: .venv/bin/python scripts/dashboard.py"
 
