@@ -10,7 +10,7 @@ import time
 import pytest
 
 from wsgiproxy.cache import MemoryStore, SharedCacheController, cache_key
-from wsgiproxy.cache.policy import HeaderList
+from wsgiproxy.cache.policy import HeaderList, HeaderMap
 from wsgiproxy.errors import NotCached
 
 KEY = cache_key("svc.test", "/x")
@@ -142,6 +142,9 @@ def test_only_if_cached_with_nothing_stored_is_504():
     pytest.param(h('If-None-Match: W/"v"'), 304, id="weak comparison"),
     pytest.param(h('If-None-Match: "other"'), 200, id="etag differs"),
     pytest.param(h(f"If-Modified-Since: {NOW}"), 304, id="not modified since"),
+    pytest.param(h("If-Modified-Since: Sat, 01 Jan 2000 00:00:00 GMT"), 200,
+                 id="modified since"),
+    pytest.param(h("If-Modified-Since: yesterday"), 200, id="invalid date"),
 ])
 def test_the_client_gets_304_when_its_own_conditions_hold(request_, status):
     ctl = controller()
@@ -292,3 +295,13 @@ def test_stale_on_error_can_be_turned_off():
                                 serve_stale_on_error=False)
     stored(ctl, "Cache-Control: max-age=1", age=5)
     assert ctl.lookup(KEY, h()).stale_on_error is False
+
+
+def test_a_request_header_map_answers_names_in_any_case():
+    fields = HeaderMap({"Cache-Control": "no-cache", "If-None-Match": '"v"'})
+    assert fields.get("cache-control") == "no-cache"
+    assert fields.get("IF-NONE-MATCH") == '"v"'
+    assert "CACHE-control" in fields
+    assert "Pragma" not in fields
+    assert fields.get("Pragma") is None
+    assert controller().request_directives(fields) == {"no-cache": None}

@@ -31,11 +31,17 @@ from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from requests.structures import CaseInsensitiveDict
 from urllib3.util import Timeout
 
 from ..balancer import RoundRobin
-from ..cache import SAFE_METHODS, SERVED_METHODS, SharedCacheController, cache_key, make_store
+from ..cache import (
+    SAFE_METHODS,
+    SERVED_METHODS,
+    HeaderMap,
+    SharedCacheController,
+    cache_key,
+    make_store,
+)
 from ..cache.coalescing import Coalescer
 from ..errors import NotFound
 from ..headers import client_headers
@@ -171,7 +177,7 @@ class UpstreamClient:
             return self._upgrade(adapter, request, log)
         if cache is not None and method in SERVED_METHODS:
             return cache.send(adapter, cache_key(service.domain, request.target), request,
-                              CaseInsensitiveDict(request.headers), log)
+                              HeaderMap(request.headers), log)
         forwarded = adapter.forward(method, request.target, request.headers, request.body,
                                     log)
         if cache is not None and method not in SAFE_METHODS \
