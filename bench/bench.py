@@ -38,6 +38,7 @@ from common import (
     Processes,
     WrkResult,
     free_port,
+    nginx_config,
     require,
     routes_file,
     start_wsgiproxy,
@@ -52,19 +53,8 @@ DOMAIN = "bench.test"
 REPORTS = REPO / "reports"
 ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
 
-BACKEND_CONF = """
-{load}
-worker_processes 1;
-daemon off;
-pid {dir}/backend-{port}.pid;
-error_log {dir}/backend-{port}.error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  keepalive_requests 1000000;
+BACKEND_HTTP = """\
   keepalive_timeout 75s;
-  client_body_temp_path {dir}/tmp; proxy_temp_path {dir}/tmp; fastcgi_temp_path {dir}/tmp;
-  uwsgi_temp_path {dir}/tmp; scgi_temp_path {dir}/tmp;
   default_type application/octet-stream;
   server {{
     listen 127.0.0.1:{port} backlog=4096;
@@ -74,20 +64,9 @@ http {{
     location = /slow   {{ add_header Cache-Control no-store; echo_sleep 0.1; echo "slow"; }}
     location = /sleep1 {{ add_header Cache-Control no-store; echo_sleep 1; echo "slept"; }}
   }}
-}}
 """
 
-PROXY_CONF = """
-worker_processes {workers};
-daemon off;
-pid {dir}/proxy.pid;
-error_log {dir}/proxy.error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path {dir}/tmp; proxy_temp_path {dir}/tmp; fastcgi_temp_path {dir}/tmp;
-  uwsgi_temp_path {dir}/tmp; scgi_temp_path {dir}/tmp;
+PROXY_HTTP = """\
   proxy_cache_path {dir}/cache levels=1:2 keys_zone=bench:10m max_size=100m inactive=60s
                    use_temp_path=off;
   upstream backends {{
@@ -114,7 +93,6 @@ http {{
       add_header X-Cache $upstream_cache_status;
     }}
   }}
-}}
 """
 
 
@@ -238,9 +216,11 @@ def main() -> int:
         backend_ports = [free_port() for _ in range(3)]
 
         def start_backend(port: int) -> None:
-            conf = nginx_conf(procs, f"backend-{port}", BACKEND_CONF.format(
-                load=f"load_module {ECHO_MODULE};", dir=work, port=port,
-                small="s" * 100, kb="k" * 1024))
+            name = f"backend-{port}"
+            conf = nginx_conf(procs, name, nginx_config(
+                work, name, BACKEND_HTTP.format(dir=work, port=port, small="s" * 100,
+                                                kb="k" * 1024),
+                load=f"load_module {ECHO_MODULE};"))
             procs.start(f"backend-{port}", [nginx, "-c", str(conf), "-p", str(work)],
                         port=port)
 
@@ -251,9 +231,10 @@ def main() -> int:
                  ("nginx", "nginx-cache", "hello", "wsgiproxy", "wsgiproxy-pywsgi")}
         servers = "\n    ".join(f"server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;"
                                 for p in backend_ports)
-        conf = nginx_conf(procs, "proxy", PROXY_CONF.format(
-            workers=args.workers, dir=work, servers=servers, port=ports["nginx"],
-            cache_port=ports["nginx-cache"]))
+        conf = nginx_conf(procs, "proxy", nginx_config(
+            work, "proxy", PROXY_HTTP.format(dir=work, servers=servers, port=ports["nginx"],
+                                             cache_port=ports["nginx-cache"]),
+            workers=args.workers))
         procs.start("nginx", [nginx, "-c", str(conf), "-p", str(work)], port=ports["nginx"])
         wait_port(ports["nginx-cache"])
         routes = routes_file(work, ports["wsgiproxy"], DOMAIN, backend_ports)

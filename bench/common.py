@@ -33,6 +33,29 @@ def free_port() -> int:
     return port
 
 
+NGINX_CONF = """{load}
+worker_processes {workers};
+daemon off;
+pid {dir}/{name}.pid;
+error_log {dir}/{name}.error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path {dir}/tmp; proxy_temp_path {dir}/tmp; fastcgi_temp_path {dir}/tmp;
+  uwsgi_temp_path {dir}/tmp; scgi_temp_path {dir}/tmp;
+{http}}}
+"""
+
+
+def nginx_config(workdir: Path, name: str, http: str, *, workers: int = 1,
+                 load: str = "") -> str:
+    """An nginx config for a benchmark server: in the foreground, its pid, error log and
+    temporary files under ``workdir``, no access log, keep-alive without a request
+    limit; ``http`` is the rest of the ``http`` block (servers, upstreams, caches)."""
+    return NGINX_CONF.format(load=load, workers=workers, dir=workdir, name=name, http=http)
+
+
 def wait_port(port: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -12,19 +12,17 @@ import statistics
 import sys
 
 import trustme
-from common import Processes, free_port, require, start_wsgiproxy, wait_port, wrk
+from common import (
+    Processes,
+    free_port,
+    nginx_config,
+    require,
+    start_wsgiproxy,
+    wait_port,
+    wrk,
+)
 
-NGINX = """
-worker_processes 1;
-daemon off;
-pid {dir}/tls-nginx.pid;
-error_log {dir}/tls-nginx.error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path {dir}/tmp; proxy_temp_path {dir}/tmp; fastcgi_temp_path {dir}/tmp;
-  uwsgi_temp_path {dir}/tmp; scgi_temp_path {dir}/tmp;
+NGINX_HTTP = """\
   server {{
     listen 127.0.0.1:{plain} backlog=4096;
     listen 127.0.0.1:{tls} ssl backlog=4096;
@@ -32,7 +30,6 @@ http {{
     ssl_certificate_key {dir}/host.key;
     location = /small {{ add_header Cache-Control no-store; return 200 "{body}"; }}
   }}
-}}
 """
 
 
@@ -54,8 +51,9 @@ def main() -> int:
                 f.write(blob.bytes())
         ca.cert_pem.write_to_path(str(work / "ca.pem"))
         plain, tls, proxy = free_port(), free_port(), free_port()
-        (work / "nginx.conf").write_text(NGINX.format(dir=work, plain=plain, tls=tls,
-                                                      body="x" * 100))
+        (work / "nginx.conf").write_text(nginx_config(
+            work, "tls-nginx", NGINX_HTTP.format(dir=work, plain=plain, tls=tls,
+                                                 body="x" * 100)))
         procs.start("nginx", [nginx, "-c", str(work / "nginx.conf"), "-p", str(work)],
                     port=plain)
         wait_port(tls)
