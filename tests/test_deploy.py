@@ -63,7 +63,7 @@ def test_dockerfile_runs_the_production_config_as_a_user():
 
 # -- PaaS ----------------------------------------------------------------------------------
 def test_procfile_command_serves_the_proxy(backend, tmp_path):
-    b = backend(lambda seen: Reply(200, [], b"via procfile"))
+    b = backend(lambda seen: Reply(200, [("Cache-Control", "max-age=60")], b"via procfile"))
     [line] = (REPO / "Procfile").read_text().splitlines()
     kind, command = line.split(": ", 1)
     assert kind == "web"
@@ -86,6 +86,10 @@ def test_procfile_command_serves_the_proxy(backend, tmp_path):
                 return None
         r = wait_until(answer, 20, 0.05, "the Procfile's gunicorn")
         assert (r.status_code, r.content) == (200, b"via procfile")
+        again = answer()  # one worker: its cache answers the second request
+        assert (again.status_code, again.content) == (200, b"via procfile")
+        assert again.headers["X-Cache"] == "HIT"
+        assert b.count == 1
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(20) == 0
