@@ -57,7 +57,7 @@ timeout = 60
 # it above your load balancer's idle timeout (60 s on AWS ALB, GCP LB: 600 s).
 keepalive = int(os.environ.get("KEEPALIVE_SECONDS", 75))
 
-# Request limits: 8 KiB lines (SPEC §9); the 64 KiB header total is checked by the app.
+# Request limits: 8 KiB lines (docs/bad-input.md); the 64 KiB header total is checked by the app.
 limit_request_line = 8190
 limit_request_field_size = 8190
 limit_request_fields = 200

@@ -1,4 +1,4 @@
-"""The thundering herd (SPEC §15): N concurrent requests for a popular entry the moment
+"""The thundering herd (docs/cache.md): N concurrent requests for a popular entry the moment
 it expires, with a host that takes 200 ms. With coalescing, the host sees one request per
 worker and every client waits about the host's time.
 

@@ -1,4 +1,4 @@
-"""TLS to hosts against plain HTTP (SPEC §13): the same nginx, the same proxy, two
+"""TLS to hosts against plain HTTP (docs/tls.md): the same nginx, the same proxy, two
 services, one reached over TLS. Connections to hosts are pooled either way, so a
 handshake is paid once per connection, not per request.
 

@@ -1,4 +1,4 @@
-"""Memory per idle WebSocket tunnel (SPEC §12): open N tunnels through the proxy and
+"""Memory per idle WebSocket tunnel (docs/websocket.md): open N tunnels through the proxy and
 read the RSS of the worker that holds them.
 
     python bench/tunnels.py [--tunnels 1000] [--server gunicorn|pywsgi]

@@ -1,4 +1,4 @@
-"""SPEC §9: every malformed request gets its status and a JSON error, reaches no host,
+"""docs/bad-input.md: every malformed request gets its status and a JSON error, reaches no host,
 and the proxy keeps serving. Raw sockets, because a client library would refuse to send
 most of these."""
 
@@ -127,7 +127,7 @@ def test_smuggled_second_request_is_never_forwarded(proxy):
     assert proxy.backend.count == before
 
 
-# -- malformed chunked bodies (SPEC §9): 400, Connection: close, one warning line ----------
+# -- malformed chunked bodies (docs/bad-input.md): 400, Connection: close, one warning line ----------
 CHUNKED = f"POST /proxy/chunked HTTP/1.1\r\n{H.strip()}\r\nTransfer-Encoding: chunked\r\n\r\n"
 TAIL = b"GET /proxy/second HTTP/1.1\r\nHost: svc.test\r\n\r\n"  # must never be served
 MALFORMED_CHUNKS = [

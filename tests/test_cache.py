@@ -1,4 +1,4 @@
-"""SPEC §7: an RFC 9111 shared cache. Each test proves a hit by the backend *not* being
+"""docs/cache.md: an RFC 9111 shared cache. Each test proves a hit by the backend *not* being
 asked: the backend counts requests per path and echoes its count in the body.
 
 The backend's answer is described in the query string (``?h=Name:value&status=200``),

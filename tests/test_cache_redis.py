@@ -1,4 +1,4 @@
-"""SPEC §7 with CACHE_URL=redis://: one cache for every worker and replica, and a proxy
+"""docs/cache.md with CACHE_URL=redis://: one cache for every worker and replica, and a proxy
 that keeps serving (uncached) while Redis is down. Uses the Redis server on
 127.0.0.1:6379; skipped, with the reason, where none answers."""
 

@@ -1,4 +1,4 @@
-"""SPEC §15 over real sockets: stale responses served when every attempt fails and
+"""docs/cache.md over real sockets: stale responses served when every attempt fails and
 within stale-while-revalidate, never where forbidden; concurrent misses coalesced;
 CDN-Cache-Control over Cache-Control; invalidation by any unsafe method; invalid
 Expires. Backends count what reaches them."""

@@ -1,4 +1,4 @@
-"""SPEC §10: the container, PaaS and Kubernetes files are checked, not just present, and
+"""docs/deployment.md: the container, PaaS and Kubernetes files are checked, not just present, and
 what they name (ports, probe paths, settings, metric names) is what the code serves."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SPEC §4-§5 end to end: a real proxy (pywsgi and gunicorn) in front of real backends."""
+"""docs/routing.md, docs/forwarding.md end to end: a real proxy (pywsgi and gunicorn) in front of real backends."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §8: metrics (exact counts, parsed with prometheus-client's own parser), health,
+"""docs/metrics.md: metrics (exact counts, parsed with prometheus-client's own parser), health,
 readiness, graceful shutdown and the access log, under both servers."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SPEC §1 and §11: the documented commands are the whole product. Real processes: the
+"""docs/running.md and docs/reload.md: the documented commands are the whole product. Real processes: the
 bare ``gunicorn -k gevent wsgiproxy:app`` from the project root and ``python -m
 wsgiproxy``, their ports, their readiness, their command line."""
 

@@ -1,4 +1,4 @@
-"""SPEC §12-14 over real sockets: WebSocket tunnels (a real websockets client and
+"""docs/websocket.md, docs/tls.md, docs/policy.md over real sockets: WebSocket tunnels (a real websockets client and
 server) and the Upgrade rules, TLS to hosts (certificates from a test CA made by
 trustme), per-service timeouts, retries, body limits, cache switches and weights."""
 

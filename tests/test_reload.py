@@ -1,4 +1,4 @@
-"""SPEC §11: the routes file reloads while the proxy serves, on SIGHUP and when its
+"""docs/reload.md: the routes file reloads while the proxy serves, on SIGHUP and when its
 content changes, under both servers. A bad file is refused with one line and the routes
 in use keep serving; a good one is used within seconds, with no request failing, and
 services that did not change keep their ejected hosts and their cached entries."""

@@ -1,4 +1,4 @@
-"""SPEC §6: same-host retries, failover to the next host, passive ejection, timeouts.
+"""docs/failures.md: same-host retries, failover to the next host, passive ejection, timeouts.
 
 Every failing backend is real: a port nobody listens on (refused), a listener whose
 accept queue is full (connect timeout), a host that accepts and never answers (read

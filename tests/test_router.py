@@ -1,4 +1,4 @@
-"""SPEC §4: Host and target → service and forwarded target; round-robin bookkeeping."""
+"""docs/routing.md: Host and target → service and forwarded target; round-robin bookkeeping."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def test_when_every_host_is_ejected_they_are_tried_anyway():
     assert {rr.pick() for _ in range(6)} == set(HOSTS)
 
 
-# -- weights (SPEC §14): smooth weighted round-robin, as nginx ---------------------------
+# -- weights (docs/policy.md): smooth weighted round-robin, as nginx ---------------------------
 HEAVY, LIGHT = Backend("127.0.0.1", 7, weight=3), Backend("127.0.0.1", 8)
 
 

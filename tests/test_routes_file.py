@@ -1,4 +1,4 @@
-"""SPEC §3: the routes file, validated into frozen dataclasses, or one line naming the field."""
+"""docs/routes-file.md: the routes file, validated into frozen dataclasses, or one line naming the field."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ BAD = [
                  "proxy.services[0].colour: unknown key (expected one of name, domain, hosts, "
                  "tls, timeouts, retries, eject_seconds, max_request_body_bytes, cache)",
                  id="unknown key"),
-    # SPEC §13 and §14: every new key has its one line
+    # docs/tls.md and §14: every new key has its one line
     pytest.param(_svc(hosts='[{address: "10.0.0.1", port: 9090, weight: 0}]'),
                  "proxy.services[0].hosts[0].weight: must be an integer from 1 to 100",
                  id="weight 0"),

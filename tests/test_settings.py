@@ -1,4 +1,4 @@
-"""SPEC §2: settings from the environment or .env, defaults, and bad values stopping start-up."""
+"""docs/settings.md: settings from the environment or .env, defaults, and bad values stopping start-up."""
 
 from __future__ import annotations
 

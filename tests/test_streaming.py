@@ -1,4 +1,4 @@
-"""SPEC §5: interim responses, bodies streamed both ways, bounded memory, disconnects."""
+"""docs/forwarding.md: interim responses, bodies streamed both ways, bounded memory, disconnects."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The client's request body, as the proxy hands it to urllib3 (SPEC §5, §9).
+"""The client's request body, as the proxy hands it to urllib3 (docs/forwarding.md, docs/bad-input.md).
 
 * ``Content-Length`` over MAX_REQUEST_BODY_BYTES: 413 at once, nothing read, no host
   contacted. Up to :data:`SMALL_BODY_BYTES` the body is read whole (it can then be sent

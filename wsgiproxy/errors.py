@@ -63,7 +63,7 @@ class ProxyError(Exception):
 
 
 class BadRequest(ProxyError):
-    """Malformed request line, header, framing or body (SPEC §9)."""
+    """Malformed request line, header, framing or body (docs/bad-input.md)."""
 
     status = HTTPStatus.BAD_REQUEST
     close_connection = True
@@ -71,7 +71,7 @@ class BadRequest(ProxyError):
 
 class MalformedBody(BadRequest):
     """A request body the server cannot read: a bad chunk size or extension, a bare LF,
-    a missing CRLF, a body cut short (SPEC §9). Logged: it is a broken or hostile
+    a missing CRLF, a body cut short (docs/bad-input.md). Logged: it is a broken or hostile
     client, and the operator may want to know which."""
 
     status = HTTPStatus.BAD_REQUEST
@@ -79,7 +79,7 @@ class MalformedBody(BadRequest):
 
 
 class NotFound(ProxyError):
-    """No service for the Host, or a path outside ``/proxy/`` (SPEC §4)."""
+    """No service for the Host, or a path outside ``/proxy/`` (docs/routing.md)."""
 
     status = HTTPStatus.NOT_FOUND
 

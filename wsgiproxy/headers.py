@@ -1,4 +1,4 @@
-"""Header rules at the two edges of the proxy (SPEC §5).
+"""Header rules at the two edges of the proxy (docs/forwarding.md).
 
 Towards the host: hop-by-hop headers (and any header the client's ``Connection`` names)
 are dropped; ``Host`` is kept as the client sent it; ``X-Forwarded-For`` gets the
@@ -34,7 +34,7 @@ __all__ = [
     "websocket_upgrade",
 ]
 
-#: RFC 9110 §7.6.1, plus the legacy names SPEC §5 lists. ``Expect`` is answered by the
+#: RFC 9110 §7.6.1, plus the legacy names docs/forwarding.md lists. ``Expect`` is answered by the
 #: WSGI server on this hop, so it is not passed on either.
 HOP_BY_HOP: Final = frozenset({
     "connection", "keep-alive", "proxy-connection", "proxy-authorization",
@@ -77,7 +77,7 @@ def connection_tokens(value: str | None) -> frozenset[str]:
 
 
 def websocket_upgrade(environ: Mapping[str, object]) -> bool:
-    """Whether the request asks to become a WebSocket (SPEC §12): a GET with
+    """Whether the request asks to become a WebSocket (docs/websocket.md): a GET with
     ``Connection: upgrade`` and ``Upgrade: websocket``. Any other Upgrade token
     (``h2c``, ...) is not honoured: the request goes on as plain HTTP without it, since
     Upgrade is hop-by-hop (and h2c upgrades are a known way around a front proxy)."""
@@ -92,7 +92,7 @@ def websocket_upgrade(environ: Mapping[str, object]) -> bool:
 
 
 def check_header_size(environ: Mapping[str, object]) -> None:
-    """431 for a header section over 64 KiB or a line over 8 KiB (SPEC §9).
+    """431 for a header section over 64 KiB or a line over 8 KiB (docs/bad-input.md).
 
     The WSGI server has already parsed the headers; this bounds what the proxy accepts
     whatever server runs it (gunicorn caps lines, not the total).

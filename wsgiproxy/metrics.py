@@ -1,4 +1,4 @@
-"""Prometheus metrics of the proxy (SPEC §8), and their exposition.
+"""Prometheus metrics of the proxy (docs/metrics.md), and their exposition.
 
 Labels stay bounded: services come from the routes file (requests that match none are
 ``service="unrouted"``, never the client's Host), hosts from the routes file, methods

@@ -1,5 +1,5 @@
-"""A service's effective settings: its own from the routes file (SPEC §14), the global
-ones (the environment, SPEC §2) for whatever it does not say. Resolved once per routes
+"""A service's effective settings: its own from the routes file (docs/policy.md), the global
+ones (the environment, docs/settings.md) for whatever it does not say. Resolved once per routes
 load, so a request reads plain values."""
 
 from __future__ import annotations

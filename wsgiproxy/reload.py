@@ -1,4 +1,4 @@
-"""Reloading the routes file while the proxy serves (SPEC §11).
+"""Reloading the routes file while the proxy serves (docs/reload.md).
 
 :class:`RoutesReloader` reads the routes file when asked (SIGHUP, or a change of its
 content): a file that does not validate is refused with one line naming the file and

@@ -48,14 +48,14 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class Backend(Endpoint):
-    """A host that serves a service, and its share of the requests (SPEC §14)."""
+    """A host that serves a service, and its share of the requests (docs/policy.md)."""
 
     weight: int = 1
 
 
 @dataclass(frozen=True, slots=True)
 class TLS:
-    """How a service's hosts are reached over TLS (SPEC §13).
+    """How a service's hosts are reached over TLS (docs/tls.md).
 
     :param server_name: sent as SNI and checked against the host's certificate; None
         means the service's domain.
@@ -72,7 +72,7 @@ class TLS:
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """A service's own settings (SPEC §14); None wherever the global setting applies."""
+    """A service's own settings (docs/policy.md); None wherever the global setting applies."""
 
     connect_timeout_seconds: float | None = None
     read_timeout_seconds: float | None = None
@@ -102,7 +102,7 @@ class Routes:
 
 
 def normalize_domain(host: str) -> str:
-    """Lower-case, without a trailing dot: how domains are compared (SPEC §4)."""
+    """Lower-case, without a trailing dot: how domains are compared (docs/routing.md)."""
     return host.lower().rstrip(".")
 
 

@@ -128,7 +128,7 @@ def _setting(default: str, parse: Callable[[str, str], Any], doc: str) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Parsed settings: SPEC §2 plus the few this project adds, in the README's order.
+    """Parsed settings: docs/settings.md plus the few this project adds, in the README's order.
 
     Field names are the lower-cased environment names.
     """

@@ -1,4 +1,4 @@
-"""Relaying an upgraded connection (SPEC §12): after the host's ``101 Switching
+"""Relaying an upgraded connection (docs/websocket.md): after the host's ``101 Switching
 Protocols``, bytes flow unchanged between the client's connection and the host's until
 either side closes, or neither has sent anything for TUNNEL_IDLE_TIMEOUT_SECONDS.
 

@@ -53,7 +53,7 @@ class ProxyProcess:
 
     :param server: "pywsgi" (``python -m wsgiproxy``) or "gunicorn"
         (``gunicorn -k gevent -w N -b ... wsgiproxy:app`` from the project root).
-    :param env: settings (SPEC §2) for the process; METRICS_ADDR defaults to a free port.
+    :param env: settings (docs/settings.md) for the process; METRICS_ADDR defaults to a free port.
     :param workers: gunicorn workers.
     """
 

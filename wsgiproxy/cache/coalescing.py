@@ -1,4 +1,4 @@
-"""Request coalescing (SPEC §15): concurrent misses for one key, in one worker, send one
+"""Request coalescing (docs/cache.md): concurrent misses for one key, in one worker, send one
 request upstream; the others wait for it (up to CACHE_LOCK_TIMEOUT_SECONDS) and are
 answered from what it stored. Like nginx's ``proxy_cache_lock`` or Varnish's waiting
 list, per process: each gunicorn worker leads its own.

@@ -267,7 +267,7 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
     def get_environ(self) -> dict[str, Any]:
         env: dict[str, Any] = super().get_environ()
         env["RAW_URI"] = self.path
-        env["wsgiproxy.socket"] = self.socket  # for a tunnel after a 101 (SPEC §12)
+        env["wsgiproxy.socket"] = self.socket  # for a tunnel after a 101 (docs/websocket.md)
         if self.wsgi_input.chunked_input and env["wsgi.input"] is self.wsgi_input:
             self.wsgi_input = env["wsgi.input"] = StrictInput(
                 self.rfile, self.content_length, socket=self.wsgi_input.socket,

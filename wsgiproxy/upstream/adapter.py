@@ -112,7 +112,7 @@ class Forwarded:
 
 
 def _tls_pool_kwargs(service: Service) -> dict[str, Any] | None:
-    """urllib3's HTTPS pool settings for the service's ``tls`` (SPEC §13): the name sent
+    """urllib3's HTTPS pool settings for the service's ``tls`` (docs/tls.md): the name sent
     as SNI and checked against the certificate, the CA file, the client certificate."""
     tls = service.tls
     if tls is None:

@@ -1,5 +1,5 @@
 """The shared cache around a service's adapter: what the upstream client does with a
-GET or HEAD before, instead of, and after sending it (SPEC §7, §15).
+GET or HEAD before, instead of, and after sending it (docs/cache.md).
 
 In order: a fresh entry is the answer (``hit``); within ``stale-while-revalidate`` the
 stale entry is (``stale``) while one background request refreshes it; otherwise one

@@ -1,6 +1,6 @@
 """Every "may this request be tried again, where, after how long" asks one object.
 
-:class:`RetryPolicy` holds MAX_HTTP_RETRIES and MAX_FORWARD_RETRIES (SPEC §6) and the
+:class:`RetryPolicy` holds MAX_HTTP_RETRIES and MAX_FORWARD_RETRIES (docs/failures.md) and the
 bound they make together. It answers for both loops a request can go round:
 
 * the same host, after the request was sent (read timeout, reset before a response,
@@ -25,7 +25,7 @@ from ..exchange import Outcome
 __all__ = ["CONNECT_FAILURES", "IDEMPOTENT_METHODS", "RETRYABLE_STATUSES", "Failure",
            "ProxyRetry", "RetryPolicy"]
 
-#: SPEC §6: only these are ever sent to a host a second time.
+#: docs/failures.md: only these are ever sent to a host a second time.
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 #: Statuses that mean "this host could not serve it now".
 RETRYABLE_STATUSES: Final = frozenset({502, 503, 504})

@@ -226,7 +226,7 @@ class UpstreamConnection(_ProxyConnection, HTTPConnection):
 
 
 class UpstreamHTTPSConnection(_ProxyConnection, HTTPSConnection):
-    """A TLS connection to a host (SPEC §13). Whether it can take another request is
+    """A TLS connection to a host (docs/tls.md). Whether it can take another request is
     asked as urllib3 asks: a peek at the raw socket would see TLS records, not HTTP."""
 
 

@@ -1,4 +1,4 @@
-"""A host's connection after it answered ``101 Switching Protocols`` (SPEC §12): no
+"""A host's connection after it answered ``101 Switching Protocols`` (docs/websocket.md): no
 more HTTP on it, only bytes both ways, for :mod:`wsgiproxy.tunnel` to relay.
 
 The connection leaves its pool for good: it is never returned, and is closed when the
