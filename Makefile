@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-runtime.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install test-tools run gunicorn check-config demo test lint load-test bench bench-tools cache-tests docker-build clean
+.PHONY: install test-tools run gunicorn check-config demo test lint load-test bench bench-tools cache-tests docker-build docs clean
 
 $(STAMP): requirements.txt requirements-runtime.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,5 +67,8 @@ docker-build:           ## the container image (needs a Docker engine)
 	@docker info >/dev/null 2>&1 || { echo "docker-build: no Docker engine here; the Dockerfile is checked by hadolint in make test"; exit 1; }
 	docker build -t wsgiproxy:0.1.0 .
 
+docs: install            ## the manual as a site in site/ (mkdocs build --strict)
+	$(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache reports .cache-tests
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache reports .cache-tests site

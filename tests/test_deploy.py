@@ -172,8 +172,8 @@ def test_hpa_scales_on_an_absolute_cpu_target_between_request_and_limit():
                    ("request", container["resources"]["requests"]["cpu"]),
                    ("limit", container["resources"]["limits"]["cpu"]))}
     assert millicores["request"] < millicores["target"] < millicores["limit"]
-    readme = (REPO / "README.md").read_text()
-    assert f"averageValue: {target['averageValue']}" in readme  # the arithmetic is there
+    page = (REPO / "docs" / "deployment.md").read_text()
+    assert f"averageValue: {target['averageValue']}" in page  # the arithmetic is there
 
 
 def test_network_policy_admits_only_the_service_and_metrics_ports():

@@ -1,4 +1,5 @@
-"""docs/settings.md: settings from the environment or .env, defaults, and bad values stopping start-up."""
+"""docs/settings.md: settings from the environment or .env, defaults, and bad values stopping
+start-up."""
 
 from __future__ import annotations
 
@@ -91,6 +92,6 @@ def test_a_bad_setting_stops_startup_with_one_line():
     assert lines == ["wsgiproxy: MAX_HTTP_RETRIES: must be a whole number >= 0, got 'lots'"]
 
 
-def test_readme_shows_the_settings_table():
-    assert settings_table() in (REPO / "README.md").read_text(), \
-        "run: .venv/bin/python scripts/readme_settings.py"
+def test_docs_show_the_settings_table():
+    assert settings_table() in (REPO / "docs" / "settings.md").read_text(), \
+        "run: .venv/bin/python scripts/docs_settings.py"

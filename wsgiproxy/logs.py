@@ -8,7 +8,7 @@ CPU per request (``make bench``). :class:`AccessLog` serialises each line with
 ``json.dumps`` and buffers them like nginx's ``access_log ... buffer= flush=``: written
 when 64 KiB have gathered or a second has passed, and at exit.
 
-Access line fields (see the README for their meaning)::
+Access line fields (see docs/metrics.md for their meaning)::
 
     time request_id client method service path status bytes bytes_received duration_ms
     upstream_host attempts upstream_attempts cache upgrade complete

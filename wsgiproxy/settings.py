@@ -2,7 +2,7 @@
 
 Each field of :class:`Settings` *is* a row of the settings table: its environment name,
 default, parser and the sentence that documents it live in the field's metadata, so
-the loader, the validation and the README's table (:func:`settings_table`) all read one
+the loader, the validation and docs/settings.md (:func:`settings_table`) all read one
 definition, the way gunicorn's ``Setting`` classes feed both its CLI and its docs.
 
 The environment always wins over ``.env`` (python-decouple's rule); ``.env`` is looked
@@ -128,7 +128,7 @@ def _setting(default: str, parse: Callable[[str, str], Any], doc: str) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Parsed settings: docs/settings.md plus the few this project adds, in the README's order.
+    """Parsed settings, in the order of the table in docs/settings.md.
 
     Field names are the lower-cased environment names.
     """
@@ -210,7 +210,7 @@ def load_settings(source: decouple.Config | None = None) -> Settings:
 
 
 def settings_table() -> str:
-    """The Markdown table the README shows (a test keeps them in step)."""
+    """The Markdown table docs/settings.md shows (a test keeps them in step)."""
     rows = ["| name | default | meaning |", "|---|---|---|"]
     for s in SETTINGS:
         default = f"`{s.default}`" if s.default else "empty"

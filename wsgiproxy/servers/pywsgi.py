@@ -318,7 +318,7 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m wsgiproxy",
         description="wsgiproxy, an HTTP reverse proxy, on gevent's pywsgi server. Settings "
-                    "come from the environment or .env (see the README); the routes file "
+                    "come from the environment or .env (see docs/settings.md); the routes file "
                     "is CONFIGURATION_FILENAME. SIGHUP reloads the routes file; SIGTERM "
                     "and SIGINT stop it gracefully.")
     parser.add_argument("--check-config", action="store_true",
