@@ -1,14 +1,20 @@
 # wsgiproxy: gunicorn with gevent workers, non-root, the proxy on :8080, metrics on :8090.
 #   docker build -t wsgiproxy .
-#   docker run -p 8080:8080 -p 8090:8090 -v $PWD/config/proxyConfig.yaml:/app/config/proxyConfig.yaml wsgiproxy
+#   docker run -p 127.0.0.1:8080:8080 -p 127.0.0.1:8090:8090 -v $PWD/config/proxyConfig.yaml:/app/config/proxyConfig.yaml wsgiproxy
 FROM python:3.11.14-slim-bookworm
 
+# WEB_CONCURRENCY: gunicorn's worker processes. The image must not take the node's core
+# count (gunicorn.conf.py's fallback): a container sees every core of its host, so on a
+# 64-core node a pod limited to 600m would start 64 workers. 2 is the default for a
+# container run by hand; set it to the CPUs you give the container (k8s/deployment.yaml
+# and docker-compose.yml set their own).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PORT=8080 \
     METRICS_ADDR=:8090 \
-    PROMETHEUS_MULTIPROC_DIR=/tmp/wsgiproxy-metrics
+    PROMETHEUS_MULTIPROC_DIR=/tmp/wsgiproxy-metrics \
+    WEB_CONCURRENCY=2
 
 WORKDIR /app
 

@@ -4,15 +4,21 @@ what they name (ports, probe paths, settings, metric names) is what the code ser
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import secrets
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
+import redis
 import requests
 import yaml
 
@@ -25,6 +31,12 @@ from wsgiproxy.settings import SETTINGS, load_settings
 
 K8S = REPO / "k8s"
 MONITORING = K8S / "monitoring"
+COMPOSE = REPO / "docker-compose.yml"
+#: The Secret holding Redis' password; no applied manifest creates it.
+SECRET = "wsgiproxy-redis"
+SECRET_EXAMPLE = K8S / "redis-secret.yaml.example"
+#: What `kubectl apply -f <folder>` reads from it: files with these suffixes, no others.
+KUBECTL_SUFFIXES = {".json", ".yaml", ".yml"}
 
 
 def manifests() -> list[dict]:
@@ -205,11 +217,12 @@ def test_deployment_matches_the_code():
     deployment = find("Deployment", "wsgiproxy")
     pod = deployment["spec"]["template"]
     [container] = pod["spec"]["containers"]
-    settings_map = find("ConfigMap", "wsgiproxy-settings")["data"]
-    env = {**settings_map, **{e["name"]: e["value"] for e in container["env"]}}
+    password = secrets.token_hex(32)
+    env = container_env(container, {SECRET: {"password": password}})
 
-    # every variable is a setting the code reads (or gunicorn's), and each one parses
-    known = {s.name for s in SETTINGS} | {"PORT", "WEB_CONCURRENCY"}
+    # every variable is a setting the code reads (or gunicorn's, or REDIS_PASSWORD, there
+    # for CACHE_URL's $(REDIS_PASSWORD)), and each one parses
+    known = {s.name for s in SETTINGS} | {"PORT", "WEB_CONCURRENCY", "REDIS_PASSWORD"}
     assert set(env) <= known, set(env) - known
     settings = load_settings(_Env(env))
 
@@ -237,10 +250,13 @@ def test_deployment_matches_the_code():
     routes = parse_routes(yaml.safe_load(routes_text), "k8s/configmap.yaml")
     assert routes.listen.port == ports["http"]
 
-    # replicas share the cache in the Redis the manifests run
+    # replicas share the cache in the Redis the manifests run, with the Secret's password
     redis_service = find("Service", "wsgiproxy-redis")
-    assert env["CACHE_URL"] == (f"redis://{redis_service['metadata']['name']}:"
-                                f"{redis_service['spec']['ports'][0]['port']}/0")
+    url = urlsplit(settings.cache_url)
+    assert (url.scheme, url.hostname, url.port, url.path) == (
+        "redis", redis_service["metadata"]["name"], redis_service["spec"]["ports"][0]["port"],
+        "/0")
+    assert (url.username, url.password) == ("", password)
 
 
 def test_service_hpa_and_pdb_point_at_the_deployment():
@@ -260,6 +276,358 @@ class _Env:
 
     def __call__(self, name, default=None, cast=None):
         return self.values.get(name, default)
+
+
+_K8S_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def k8s_expand(value: str, defined: dict[str, str]) -> str:
+    """Kubernetes' expansion of env values, command and args: ``$(NAME)`` of a variable
+    defined before becomes its value, an unknown one stays as written, ``$$`` is ``$``."""
+    def one(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return defined.get(match.group(1), match.group(0))
+    return _K8S_REF.sub(one, value)
+
+
+def container_env(container: dict, secret_data: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The environment the kubelet gives ``container``: its envFrom ConfigMaps, then its env
+    in order, each value expanded against what came before; ``secret_data`` stands in for
+    the Secrets (a reference to any other Secret or key is a KeyError)."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(find("ConfigMap", source["configMapRef"]["name"])["data"])
+    for var in container.get("env", []):
+        if "valueFrom" in var:
+            ref = var["valueFrom"]["secretKeyRef"]
+            env[var["name"]] = secret_data[ref["name"]][ref["key"]]
+        else:
+            env[var["name"]] = k8s_expand(var["value"], env)
+    return env
+
+
+# -- hardening: who can reach Redis and the metrics, and with what ---------------------------
+def pod_template(name: str) -> dict:
+    return find("Deployment", name)["spec"]["template"]
+
+
+def redis_container() -> dict:
+    [container] = pod_template("wsgiproxy-redis")["spec"]["containers"]
+    return container
+
+
+def redis_start_script() -> str:
+    container = redis_container()
+    assert container["command"] == ["/bin/sh", "-c"]
+    [script] = container["args"]
+    return script
+
+
+def policies_selecting(labels: dict[str, str]) -> list[dict]:
+    """The NetworkPolicies whose podSelector picks pods with ``labels`` (policies add up,
+    so every one of them counts)."""
+    return [d for d in manifests() if d["kind"] == "NetworkPolicy"
+            and d["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
+
+
+def test_redis_requires_the_password_from_the_secret():
+    container = redis_container()
+    refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in container["env"]
+            if "valueFrom" in v}
+    # not `optional`: without the Secret the pod does not start at all
+    assert refs == {"REDIS_PASSWORD": {"name": SECRET, "key": "password"}}
+    password = secrets.token_hex(32)
+    env = container_env(container, {SECRET: {"password": password}})
+    assert env["REDISCLI_AUTH"] == password  # redis-cli's variable: the probes need no -a
+    # after Kubernetes' expansion, no argument holds the password (it travels on stdin)
+    for arg in container["command"] + container["args"]:
+        assert password not in k8s_expand(arg, env)
+    for probe in ("readinessProbe", "livenessProbe"):
+        command = container[probe]["exec"]["command"]
+        assert command[:2] == ["/bin/sh", "-c"], probe
+        words = shlex.split(command[2])
+        assert words[:2] == ["redis-cli", "ping"], probe
+        assert not {"-a", "--pass", "--user", "-u"} & set(words), probe
+
+
+def _fake_redis_bin(directory: Path, port: int | None = None) -> Path:
+    """``redis-server`` and ``redis-cli`` for the start script and the probes: each records
+    its arguments, and runs the real one on loopback ``port`` (none: records only)."""
+    directory.mkdir()
+    for name in ("redis-server", "redis-cli"):
+        real = shutil.which(name)
+        run = "exit 0"
+        if port is not None and name == "redis-server":
+            run = f'exec {real} "$@" --port {port} --bind 127.0.0.1'
+        elif port is not None:
+            run = f'exec {real} -p {port} "$@"'
+        (directory / name).write_text(f'#!/bin/sh\necho "$@" >> {directory}/{name}.argv\n{run}\n')
+        (directory / name).chmod(0o755)
+    return directory
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None or shutil.which("redis-cli") is None,
+                    reason="redis-server is not installed (Debian package: redis-server)")
+@pytest.mark.parametrize("shell", ["sh", "busybox"])
+def test_redis_start_script_hands_the_password_over_on_stdin(tmp_path, shell):
+    """The Redis container's script and probes, run here by sh (and busybox's, the
+    image's shell) with the real redis-server on a loopback port: Redis asks for the
+    password the environment held, none of its arguments holds it, the probes pass with
+    it and fail without, and the proxy's CACHE_URL gets in."""
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed")
+    port = reserve_port()
+    bin_dir = _fake_redis_bin(tmp_path / "bin", port)
+    password = secrets.token_hex(32)
+    container = redis_container()
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin",
+           **container_env(container, {SECRET: {"password": password}})}
+    shell_command = [shell, "sh"] if shell == "busybox" else [shell]
+    proc = subprocess.Popen([*shell_command, "-c", redis_start_script()], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def pong():
+            try:
+                return redis.Redis(port=port, password=password, socket_timeout=1).ping()
+            except redis.ConnectionError:
+                return False
+        wait_until(pong, 10, 0.05, "redis-server")
+        for wrong in (None, "not-" + password):
+            with pytest.raises((redis.AuthenticationError, redis.ResponseError)):
+                redis.Redis(port=port, password=wrong, socket_timeout=1).ping()
+        argv = (bin_dir / "redis-server.argv").read_text()
+        assert argv.split()[0] == "-"  # the config comes from stdin
+        assert password not in argv
+        assert password.encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        for probe in ("readinessProbe", "livenessProbe"):
+            command = container[probe]["exec"]["command"]
+            assert subprocess.run(command, env=env, capture_output=True).returncode == 0, probe
+            for wrong in ({"REDISCLI_AUTH": "not-" + password}, {}):
+                bad = {k: v for k, v in env.items() if k != "REDISCLI_AUTH"} | wrong
+                assert subprocess.run(command, env=bad, capture_output=True).returncode != 0, \
+                    (probe, wrong)
+        assert password not in (bin_dir / "redis-cli.argv").read_text()
+        proxy_env = container_env(pod_template("wsgiproxy")["spec"]["containers"][0],
+                                  {SECRET: {"password": password}})
+        url = urlsplit(proxy_env["CACHE_URL"])._replace(netloc=f":{password}@127.0.0.1:{port}")
+        with redis.Redis.from_url(url.geturl(), socket_timeout=1) as client:
+            assert client.ping()
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0  # redis-server itself got the SIGTERM (exec): a clean stop
+
+
+def _example_password() -> str:
+    [doc] = [d for d in yaml.safe_load_all(SECRET_EXAMPLE.read_text()) if d]
+    return doc["stringData"]["password"]
+
+
+@pytest.mark.parametrize(("password", "complaint"), [
+    pytest.param(_example_password(), "placeholder", id="the example's placeholder"),
+    pytest.param("0123456789abcdef", "shorter than 32", id="short"),
+    pytest.param("", "shorter than 32", id="empty"),
+    pytest.param("p@ss/word:" * 4, "may hold only", id="breaks the URL"),
+])
+def test_redis_start_script_refuses_a_weak_or_unusable_password(tmp_path, password, complaint):
+    bin_dir = _fake_redis_bin(tmp_path / "bin")
+    result = subprocess.run(["sh", "-c", redis_start_script()], cwd=tmp_path, text=True,
+                            capture_output=True,
+                            env={"PATH": f"{bin_dir}:/usr/bin:/bin", "REDIS_PASSWORD": password})
+    assert result.returncode == 1
+    assert complaint in result.stderr
+    assert not (bin_dir / "redis-server.argv").exists()  # never started
+
+
+def _strings(node):
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+def test_no_applied_manifest_holds_a_password():
+    """`kubectl apply -f k8s/` creates no Secret (its value would be in this repository,
+    known to all); a variable that holds a password comes from the Secret, or is built
+    from one that does by $(VAR) expansion; no redis URL or requirepass has a literal."""
+    applied = {p for p in K8S.iterdir() if p.is_file() and p.suffix in KUBECTL_SUFFIXES}
+    assert applied == set(K8S.glob("*.yaml"))  # manifests() reads what kubectl reads
+    assert [d["metadata"]["name"] for d in manifests() if d["kind"] == "Secret"] == []
+    sensitive = re.compile(r"PASSWORD|PASS$|AUTH|SECRET|TOKEN")
+    for deployment in [d for d in manifests() if d["kind"] == "Deployment"]:
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            from_secret = {v["name"] for v in container.get("env", [])
+                           if "secretKeyRef" in v.get("valueFrom", {})}
+            for var in container.get("env", []):
+                if "value" in var and sensitive.search(var["name"]):
+                    [ref] = _K8S_REF.findall(var["value"])
+                    assert var["value"] == f"$({ref})", var
+                    assert ref in from_secret, var
+    for config_map in [d for d in manifests() if d["kind"] == "ConfigMap"]:
+        assert not [k for k in config_map["data"] if sensitive.search(k)], config_map
+    for text in [s for doc in manifests() for s in _strings(doc)]:
+        for url in re.findall(r"rediss?://\S+", text):
+            password = urlsplit(url).password
+            assert password is None or re.fullmatch(r"\$\([A-Z_]+\)", password), url
+        for value in re.findall(r"requirepass\s+(\S+)", text):
+            assert value.startswith("$"), text
+
+
+def test_the_secret_example_is_not_applied_and_says_how_to_make_a_real_one():
+    assert SECRET_EXAMPLE.suffix not in KUBECTL_SUFFIXES  # `kubectl apply -f k8s/` skips it
+    [doc] = [d for d in yaml.safe_load_all(SECRET_EXAMPLE.read_text()) if d]
+    kubernetes_validate.validate(doc, "1.37.0", strict=True)  # a usable shape all the same
+    assert (doc["kind"], doc["metadata"]["name"], list(doc["stringData"])) == (
+        "Secret", SECRET, ["password"])
+    assert "CHANGE-ME" in doc["stringData"]["password"]  # refused by the start script (above)
+    command = ("kubectl create secret generic wsgiproxy-redis"
+               " --from-literal=password=$(openssl rand -hex 32)")
+    assert command in SECRET_EXAMPLE.read_text()
+    assert command in (K8S / "redis.yaml").read_text()
+
+
+def test_only_the_proxy_pods_reach_redis_and_redis_reaches_nothing():
+    redis_pod, proxy_pod = pod_template("wsgiproxy-redis"), pod_template("wsgiproxy")
+    [policy] = policies_selecting(redis_pod["metadata"]["labels"])
+    spec = policy["spec"]
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+    assert spec["egress"] == []  # Redis opens no connection: REPLICAOF/MIGRATE go nowhere
+    [rule] = spec["ingress"]
+    [peer] = rule["from"]
+    assert list(peer) == ["podSelector"]  # this namespace only: no namespaceSelector, no ipBlock
+    assert list(peer["podSelector"]) == ["matchLabels"]
+    admitted = peer["podSelector"]["matchLabels"]
+    assert admitted
+    assert admitted.items() <= proxy_pod["metadata"]["labels"].items()
+    assert not admitted.items() <= redis_pod["metadata"]["labels"].items()
+    [container] = redis_pod["spec"]["containers"]
+    container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    [port] = rule["ports"]
+    assert port.get("protocol", "TCP") == "TCP"
+    assert container_ports.get(port["port"], port["port"]) == 6379
+    [service_port] = find("Service", "wsgiproxy-redis")["spec"]["ports"]
+    assert container_ports.get(service_port["targetPort"], service_port["targetPort"]) == 6379
+
+
+def test_metrics_port_is_reachable_only_from_the_monitoring_namespace():
+    pod = pod_template("wsgiproxy")
+    [container] = pod["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    [policy] = policies_selecting(pod["metadata"]["labels"])
+    sources: dict[int, list] = {}  # port number: each rule's `from` (None: anywhere)
+    for rule in policy["spec"]["ingress"]:
+        for port in rule["ports"]:
+            assert port.get("protocol", "TCP") == "TCP"
+            sources.setdefault(ports.get(port["port"], port["port"]), []).append(rule.get("from"))
+    assert sources == {
+        ports["http"]: [None],  # the public edge
+        ports["metrics"]: [[{"namespaceSelector": {
+            "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]],
+    }
+    # and those are the numbers the proxy listens on and Prometheus is told to scrape
+    env = container_env(container, {SECRET: {"password": "x" * 32}})
+    assert ports["http"] == int(env["PORT"]) == 8080
+    assert ports["metrics"] == int(env["METRICS_ADDR"].rpartition(":")[2]) == 8090
+    assert int(pod["metadata"]["annotations"]["prometheus.io/port"]) == ports["metrics"]
+
+
+def _cpu_cores(quantity: str) -> float:
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The variables the Dockerfile's ENV instructions set (KEY=VALUE form)."""
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            env.update(word.split("=", 1) for word in shlex.split(line[4:]))
+    return env
+
+
+def test_the_worker_count_is_explicit_in_the_image_the_deployment_and_compose():
+    """Not the node's core count (gunicorn.conf.py's fallback): a container sees them all."""
+    assert int(dockerfile_env()["WEB_CONCURRENCY"]) >= 1
+    [container] = pod_template("wsgiproxy")["spec"]["containers"]
+    own = {v["name"]: v.get("value") for v in container["env"]}
+    # one worker per started core of the CPU limit, set beside it (and nowhere else)
+    cores = _cpu_cores(container["resources"]["limits"]["cpu"])
+    assert int(own["WEB_CONCURRENCY"]) == max(1, math.ceil(cores)) == 1
+    assert "WEB_CONCURRENCY" not in find("ConfigMap", "wsgiproxy-settings")["data"]
+    assert int(compose()["services"]["wsgiproxy"]["environment"]["WEB_CONCURRENCY"]) >= 1
+
+
+# -- docker compose ----------------------------------------------------------------------------
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+_REQUIRED_PASSWORD = re.compile(r"\$\{REDIS_PASSWORD:\?[^}]+\}")
+
+
+def compose_interpolate(value: str, password: str) -> str:
+    """Compose's interpolation of ``value`` with REDIS_PASSWORD set to ``password``; fails
+    on any reference to it that is not ``${REDIS_PASSWORD:?message}`` (required, with a
+    message), so no default can stand in for it."""
+    rest = _REQUIRED_PASSWORD.sub("", value.replace("$$", ""))
+    assert not re.search(r"\$\{?REDIS_PASSWORD\b", rest), value
+    return _REQUIRED_PASSWORD.sub(password, value).replace("$$", "$")
+
+
+def _host_ip(port) -> str | None:
+    if isinstance(port, dict):  # long syntax
+        return port.get("host_ip")
+    parts = str(port).split(":")
+    return parts[0] if len(parts) == 3 else None
+
+
+def test_compose_publishes_its_ports_on_loopback_only_and_not_redis():
+    services = compose()["services"]
+    host_ips = {name: [_host_ip(p) for p in s.get("ports", [])] for name, s in services.items()}
+    assert {name for name, ips in host_ips.items() if ips} == {
+        "wsgiproxy", "prometheus", "alertmanager", "grafana"}
+    assert {ip for ips in host_ips.values() for ip in ips} == {"127.0.0.1"}, host_ips
+    assert "ports" not in services["redis"]
+    # and Redis shares a network (with no route out) with the proxy alone
+    networks = compose()["networks"]
+    [network] = services["redis"]["networks"]
+    assert networks[network]["internal"] is True
+    assert {name for name, s in services.items() if network in s.get("networks", [])} == {
+        "redis", "wsgiproxy"}
+
+
+def test_compose_names_only_services_and_networks_it_defines():
+    services, networks = compose()["services"], compose().get("networks", {})
+    for name, service in services.items():
+        assert set(service.get("depends_on", [])) <= set(services), name
+        assert set(service.get("networks", [])) <= set(networks) | {"default"}, name
+
+
+def test_compose_redis_needs_a_password_and_the_proxy_uses_it():
+    services = compose()["services"]
+    redis_service, proxy = services["redis"], services["wsgiproxy"]
+    password = secrets.token_hex(32)
+    for text in _strings(compose()):
+        compose_interpolate(text, password)  # every reference to it is a required one
+    env = {k: compose_interpolate(v, password) for k, v in redis_service["environment"].items()}
+    assert env == {"REDIS_PASSWORD": password, "REDISCLI_AUTH": password}
+    url = urlsplit(compose_interpolate(proxy["environment"]["CACHE_URL"], password))
+    assert (url.scheme, url.password, url.hostname, url.port, url.path) == (
+        "redis", password, "redis", 6379, "/0")
+    assert proxy["depends_on"]["redis"]["condition"] == "service_healthy"
+    # the same start script as Kubernetes' (checked to keep the password off argv above)
+    assert redis_service["entrypoint"] == redis_container()["command"]
+    [script] = redis_service["command"]
+    assert compose_interpolate(script, password) == redis_start_script()
+    assert password not in compose_interpolate(script, password)
+    test = redis_service["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL"
+    assert shlex.split(test[1])[:2] == ["redis-cli", "ping"]
+    assert not {"-a", "--pass", "-u"} & set(shlex.split(test[1]))
 
 
 # -- Grafana ---------------------------------------------------------------------------------
