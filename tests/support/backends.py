@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-__all__ = ["HTTPBackend", "RawBackend", "Reply", "Seen", "read_head", "read_request"]
+__all__ = ["HTTPBackend", "RawBackend", "Reply", "Seen", "cacheable", "echo", "read_head",
+           "read_request"]
 
 
 @dataclass
@@ -57,6 +58,11 @@ def echo(seen: Seen) -> Reply:
     data = {"method": seen.method, "target": seen.target,
             "headers": seen.headers, "body_bytes": len(seen.body)}
     return Reply(200, [("Content-Type", "application/json")], json.dumps(data).encode())
+
+
+def cacheable(seen: Seen) -> Reply:
+    """Fresh for a minute (``max-age=60``); the body is the request target."""
+    return Reply(200, [("Cache-Control", "max-age=60")], seen.target.encode())
 
 
 class _Handler(BaseHTTPRequestHandler):

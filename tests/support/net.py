@@ -1,4 +1,7 @@
-"""Loopback helpers: free ports, polling with a deadline, raw HTTP exchanges."""
+"""Loopback helpers: reserved ports, polling with a deadline, raw HTTP exchanges.
+
+The benchmarks (bench/common.py) use these too: one ``reserve_port``, one ``wait_port``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 __all__ = ["RawResponse", "accepts", "raw_exchange", "read_response", "reserve_port",
-           "wait_until"]
+           "wait_port", "wait_until"]
 
 
 _handed_out: set[int] = set()
@@ -62,6 +65,11 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def wait_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
+    """Wait until something accepts TCP connections on ``port``; fail after ``timeout`` s."""
+    wait_until(lambda: accepts(port, host), timeout, 0.05, f"something listening on port {port}")
 
 
 @dataclass

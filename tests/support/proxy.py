@@ -23,9 +23,11 @@ import yaml
 from .backends import HTTPBackend, echo
 from .net import reserve_port, wait_until
 
-__all__ = ["REPO", "ProxyProcess", "proxy_in_front", "routes_yaml"]
+__all__ = ["REPO", "SERVERS", "ProxyProcess", "proxy_in_front", "routes_yaml", "server_argv"]
 
 REPO = Path(__file__).resolve().parents[2]
+#: The two ways the proxy is run (docs/running.md): tests parametrized over both.
+SERVERS = ["pywsgi", "gunicorn"]
 
 
 def routes_yaml(listen_port: int, services: dict[str, list | dict]) -> str:
@@ -46,6 +48,20 @@ def routes_yaml(listen_port: int, services: dict[str, list | dict]) -> str:
                     **{k: v for k, v in spec.items() if k != "hosts"}})
     return yaml.safe_dump({"proxy": {"listen": {"address": "127.0.0.1", "port": listen_port},
                                      "services": out}}, sort_keys=False)
+
+
+def server_argv(server: str, *, workers: int = 1, bind: str | None = None,
+                extra_args: list[str] | None = None) -> list[str]:
+    """The documented command for ``server`` (one of :data:`SERVERS`), to run from the
+    project root: ``python -m wsgiproxy``, or ``gunicorn -k gevent -w N [-b bind]
+    wsgiproxy:app`` (gunicorn reads gunicorn.conf.py from there by itself; without
+    ``bind`` it listens where the routes file says)."""
+    if server == "pywsgi":
+        return [sys.executable, "-m", "wsgiproxy"]
+    if server == "gunicorn":
+        return [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(workers),
+                *(["-b", bind] if bind else []), *(extra_args or []), "wsgiproxy:app"]
+    raise ValueError(f"server must be one of {SERVERS}, not {server!r}")
 
 
 class ProxyProcess:
@@ -75,15 +91,8 @@ class ProxyProcess:
             "METRICS_ADDR": f"127.0.0.1:{self.metrics_port}",
             **(env or {}),
         }
-        if server == "pywsgi":
-            self.argv = [sys.executable, "-m", "wsgiproxy"]
-        elif server == "gunicorn":
-            # The documented command, run from the project root: gunicorn reads
-            # gunicorn.conf.py from there by itself.
-            self.argv = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(workers),
-                         "-b", f"127.0.0.1:{self.port}", *(extra_args or []), "wsgiproxy:app"]
-        else:
-            raise ValueError(server)
+        self.argv = server_argv(server, workers=workers, bind=f"127.0.0.1:{self.port}",
+                                extra_args=extra_args)
         self.proc: subprocess.Popen | None = None
 
     # -- lifecycle -----------------------------------------------------------------
@@ -154,6 +163,23 @@ class ProxyProcess:
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_mark(self) -> int:
+        """Where the log ends now; :meth:`log_since` reads what comes after. A proxy
+        shared by a module's tests keeps one log: a test reads only its own part."""
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def log_since(self, mark: int) -> str:
+        """The log written after ``mark`` (a :meth:`log_mark`)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(mark)
+                return f.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
 
