@@ -45,8 +45,10 @@ def raw_backend():
 
 
 @pytest.fixture
-def proxy(tmp_path):
-    """Factory: ``proxy(services, server="pywsgi", env=None, ...)`` starts a proxy."""
+def start_proxy(tmp_path):
+    """Factory: ``start_proxy(services, server="pywsgi", env=None, ...)`` starts a
+    :class:`ProxyProcess` of this test's own, stopped when the test ends. (A module
+    that shares one running proxy between its tests names that fixture ``shared_proxy``.)"""
     started: list[ProxyProcess] = []
 
     def start(services, *, wait: bool = True, **kw) -> ProxyProcess:

@@ -11,15 +11,15 @@ import threading
 import time
 
 import pytest
-import redis
 import requests
 
 from support.backends import Reply
-from support.client import session
+from support.client import get, session
 from support.net import wait_until
+from support.proxy import SERVERS
+from support.redis_server import REDIS_URL, needs_redis
 
 DOMAIN = "stale.test"
-SERVERS = ["pywsgi", "gunicorn"]
 
 
 class Switchable:
@@ -48,108 +48,106 @@ class Switchable:
         return Reply(200, headers, f"version {version}".encode())
 
 
-def get(p, path="/proxy/page", **headers):
-    return requests.get(p.url(path), headers={"Host": DOMAIN, **headers}, timeout=20)
-
-
-def stale_after(p, path="/proxy/page"):
+def stale_after(p, path="/proxy/x"):
     """Store the page, and wait (polling, the host untouched) until it is stale: a
     request that accepts only the cache's answer then gets 504."""
-    first = get(p, path)
+    first = get(p, path, host=DOMAIN)
     assert first.headers["X-Cache"] == "MISS"
-    wait_until(lambda: get(p, path, **{"Cache-Control": "only-if-cached"}).status_code == 504,
+    wait_until(lambda: get(p, path, host=DOMAIN,
+                           headers={"Cache-Control": "only-if-cached"}).status_code == 504,
                10, 0.05, "the stored response to go stale")
     return first
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_stale_is_served_when_the_host_answers_503(backend, proxy, server):
+def test_stale_is_served_when_the_host_answers_503(backend, start_proxy, server):
     host = Switchable()
-    p = proxy({DOMAIN: [backend(host).port]}, server=server, env={"MAX_HTTP_RETRIES": "0"})
+    p = start_proxy({DOMAIN: [backend(host).port]}, server=server, env={"MAX_HTTP_RETRIES": "0"})
     first = stale_after(p)
     host.failing = 503
-    r = get(p)
+    r = get(p, host=DOMAIN)
     assert (r.status_code, r.headers["X-Cache"], r.content) == (200, "STALE", first.content)
     assert int(r.headers["Age"]) >= 1
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_stale_is_served_when_no_host_can_be_reached(backend, proxy, server):
+def test_stale_is_served_when_no_host_can_be_reached(backend, start_proxy, server):
     host = Switchable(close=True)
     b = backend(host)
-    p = proxy({DOMAIN: [b.port]}, server=server)
+    p = start_proxy({DOMAIN: [b.port]}, server=server)
     first = stale_after(p)
     b.stop()  # the only host is gone: connections are refused
-    r = get(p)
+    r = get(p, host=DOMAIN)
     assert (r.status_code, r.headers["X-Cache"], r.content) == (200, "STALE", first.content)
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_stale_is_served_when_the_host_times_out(backend, proxy, server):
+def test_stale_is_served_when_the_host_times_out(backend, start_proxy, server):
     host = Switchable()
-    p = proxy({DOMAIN: [backend(host).port]}, server=server,
-              env={"UPSTREAM_READ_TIMEOUT_SECONDS": "0.3", "MAX_HTTP_RETRIES": "0"})
+    p = start_proxy({DOMAIN: [backend(host).port]}, server=server,
+                    env={"UPSTREAM_READ_TIMEOUT_SECONDS": "0.3", "MAX_HTTP_RETRIES": "0"})
     first = stale_after(p)
     host.delay = 2
-    r = get(p)
+    r = get(p, host=DOMAIN)
     assert (r.status_code, r.headers["X-Cache"], r.content) == (200, "STALE", first.content)
     host.delay = 0
 
 
 @pytest.mark.parametrize("cc", ["max-age=1, must-revalidate", "max-age=1, proxy-revalidate",
                                 "max-age=1, s-maxage=1", "max-age=1, no-cache"])
-def test_stale_is_never_served_where_the_response_forbids_it(backend, proxy, cc):
+def test_stale_is_never_served_where_the_response_forbids_it(backend, start_proxy, cc):
     host = Switchable(cc)
-    p = proxy({DOMAIN: [backend(host).port]}, env={"MAX_HTTP_RETRIES": "0"})
+    p = start_proxy({DOMAIN: [backend(host).port]}, env={"MAX_HTTP_RETRIES": "0"})
     stale_after(p)
     host.failing = 503
-    r = get(p)
+    r = get(p, host=DOMAIN)
     assert (r.status_code, r.content) == (503, b"host error")
     assert r.headers["X-Cache"] == "MISS"
 
 
-def test_stale_if_error_bounds_how_stale(backend, proxy):
+def test_stale_if_error_bounds_how_stale(backend, start_proxy):
     host = Switchable("max-age=1, stale-if-error=0")
-    p = proxy({DOMAIN: [backend(host).port]}, env={"MAX_HTTP_RETRIES": "0"})
+    p = start_proxy({DOMAIN: [backend(host).port]}, env={"MAX_HTTP_RETRIES": "0"})
     stale_after(p)  # stale at all: past a stale-if-error of 0
     host.failing = 503
-    assert get(p).status_code == 503
+    assert get(p, host=DOMAIN).status_code == 503
 
 
-def test_stale_on_error_can_be_turned_off(backend, proxy):
+def test_stale_on_error_can_be_turned_off(backend, start_proxy):
     host = Switchable()
-    p = proxy({DOMAIN: [backend(host).port]},
-              env={"MAX_HTTP_RETRIES": "0", "CACHE_SERVE_STALE_ON_ERROR": "off"})
+    p = start_proxy({DOMAIN: [backend(host).port]},
+                    env={"MAX_HTTP_RETRIES": "0", "CACHE_SERVE_STALE_ON_ERROR": "off"})
     stale_after(p)
     host.failing = 503
-    assert get(p).status_code == 503
+    assert get(p, host=DOMAIN).status_code == 503
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_stale_while_revalidate_answers_at_once_then_refreshes(backend, proxy, server):
+def test_stale_while_revalidate_answers_at_once_then_refreshes(backend, start_proxy, server):
     host = Switchable("max-age=1, stale-while-revalidate=30", delay=0)
-    p = proxy({DOMAIN: [backend(host).port]}, server=server)
+    p = start_proxy({DOMAIN: [backend(host).port]}, server=server)
     first = stale_after(p)
     host.delay = 1.0  # a slow refresh must not delay the stale answer
     host.cc = "max-age=60"  # and what it stores stays fresh
     started = time.monotonic()
-    r = get(p, **{"X-Request-ID": "swr"})
+    r = get(p, host=DOMAIN, headers={"X-Request-ID": "swr"})
     took = time.monotonic() - started
     assert (r.headers["X-Cache"], r.content) == ("STALE", first.content)
     assert took < 0.5
-    wait_until(lambda: get(p).content == b"version 2", 5, 0.05, "the background refresh")
+    wait_until(lambda: get(p, host=DOMAIN).content == b"version 2", 5, 0.05,
+               "the background refresh")
     assert host.count == 2  # one refresh, however many requests asked meanwhile
     metrics = requests.get(p.metrics_url()).text
     assert 'proxy_cache_requests_total{result="stale",service="stale-test"}' in metrics
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_concurrent_misses_reach_the_host_once(backend, proxy, server):
+def test_concurrent_misses_reach_the_host_once(backend, start_proxy, server):
     host = Switchable("max-age=60", delay=0.2)
-    p = proxy({DOMAIN: [backend(host).port]}, server=server,
-              env={"WORKER_CONNECTIONS": "200"})
+    p = start_proxy({DOMAIN: [backend(host).port]}, server=server,
+                    env={"WORKER_CONNECTIONS": "200"})
     with concurrent.futures.ThreadPoolExecutor(50) as pool:
-        answers = list(pool.map(lambda _: get(p, "/proxy/cold"), range(50)))
+        answers = list(pool.map(lambda _: get(p, "/proxy/cold", host=DOMAIN), range(50)))
     assert {a.status_code for a in answers} == {200}
     assert {a.content for a in answers} == {b"version 1"}
     assert host.count == 1
@@ -159,17 +157,17 @@ def test_concurrent_misses_reach_the_host_once(backend, proxy, server):
     assert 'proxy_cache_requests_total{result="coalesced",service="stale-test"} 49.0' in metrics
 
 
-def test_a_waiter_goes_itself_when_the_response_cannot_be_stored(backend, proxy):
+def test_a_waiter_goes_itself_when_the_response_cannot_be_stored(backend, start_proxy):
     host = Switchable("no-store", delay=0.2)
-    p = proxy({DOMAIN: [backend(host).port]})
+    p = start_proxy({DOMAIN: [backend(host).port]})
     with concurrent.futures.ThreadPoolExecutor(5) as pool:
-        answers = list(pool.map(lambda _: get(p, "/proxy/private"), range(5)))
+        answers = list(pool.map(lambda _: get(p, "/proxy/private", host=DOMAIN), range(5)))
     assert [a.status_code for a in answers] == [200] * 5
     assert host.count == 5
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_a_url_that_could_not_be_stored_is_not_coalesced_again(backend, proxy, server):
+def test_a_url_that_could_not_be_stored_is_not_coalesced_again(backend, start_proxy, server):
     """After one no-store answer, concurrent requests for the URL go to the host together
     instead of queueing behind each other (Varnish's hit-for-miss). The host answers
     only once it holds all of them at once: coalesced, they could never be."""
@@ -182,42 +180,42 @@ def test_a_url_that_could_not_be_stored_is_not_coalesced_again(backend, proxy, s
         first.set()
         return Reply(200, [("Cache-Control", "no-store")], b"fresh every time")
 
-    p = proxy({DOMAIN: [backend(host).port]}, server=server,
-              env={"MAX_HTTP_RETRIES": "0"})  # one worker: it saw the first answer
-    assert get(p, "/proxy/busy").headers["X-Cache"] == "MISS"
+    p = start_proxy({DOMAIN: [backend(host).port]}, server=server,
+                    env={"MAX_HTTP_RETRIES": "0"})  # one worker: it saw the first answer
+    assert get(p, "/proxy/busy", host=DOMAIN).headers["X-Cache"] == "MISS"
     with concurrent.futures.ThreadPoolExecutor(5) as pool:
-        answers = list(pool.map(lambda _: get(p, "/proxy/busy"), range(5)))
+        answers = list(pool.map(lambda _: get(p, "/proxy/busy", host=DOMAIN), range(5)))
     assert [(a.status_code, a.content) for a in answers] == [(200, b"fresh every time")] * 5
     assert not together.broken
 
 
-def test_a_waiter_stops_waiting_after_the_lock_timeout(backend, proxy):
+def test_a_waiter_stops_waiting_after_the_lock_timeout(backend, start_proxy):
     host = Switchable("max-age=60", delay=1.5)
-    p = proxy({DOMAIN: [backend(host).port]}, env={"CACHE_LOCK_TIMEOUT_SECONDS": "0.2"})
+    p = start_proxy({DOMAIN: [backend(host).port]}, env={"CACHE_LOCK_TIMEOUT_SECONDS": "0.2"})
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        leader = pool.submit(get, p, "/proxy/slow")
+        leader = pool.submit(get, p, "/proxy/slow", host=DOMAIN)
         wait_until(lambda: host.count == 1, 5, 0.01, "the first request at the host")
         started = time.monotonic()
-        follower = pool.submit(get, p, "/proxy/slow")
+        follower = pool.submit(get, p, "/proxy/slow", host=DOMAIN)
         follower.result()
         assert time.monotonic() - started < 3  # waited 0.2 s, then went itself (1.5 s)
         leader.result()
     assert host.count == 2
 
 
-def test_cdn_cache_control_wins_over_cache_control(backend, proxy):
+def test_cdn_cache_control_wins_over_cache_control(backend, start_proxy):
     b = backend(lambda seen: Reply(200, [("CDN-Cache-Control", "max-age=60"),
                                          ("Cache-Control", "no-store")], b"cdn"))
-    p = proxy({DOMAIN: [b.port]})
-    assert [get(p).headers["X-Cache"] for _ in range(2)] == ["MISS", "HIT"]
-    assert get(p).headers["CDN-Cache-Control"] == "max-age=60"  # passed on
+    p = start_proxy({DOMAIN: [b.port]})
+    assert [get(p, host=DOMAIN).headers["X-Cache"] for _ in range(2)] == ["MISS", "HIT"]
+    assert get(p, host=DOMAIN).headers["CDN-Cache-Control"] == "max-age=60"  # passed on
     assert b.count == 1
 
 
 @pytest.mark.parametrize("method", ["M-SEARCH", "PURGE", "POST"])
-def test_any_unsafe_method_invalidates(backend, proxy, method):
+def test_any_unsafe_method_invalidates(backend, start_proxy, method):
     b = backend(lambda seen: Reply(200, [("Cache-Control", "max-age=60")], b"c"))
-    p = proxy({DOMAIN: [b.port]})
+    p = start_proxy({DOMAIN: [b.port]})
     with session(DOMAIN) as s:
         s.get(p.url("/proxy/doc"))
         assert s.get(p.url("/proxy/doc")).headers["X-Cache"] == "HIT"
@@ -225,13 +223,13 @@ def test_any_unsafe_method_invalidates(backend, proxy, method):
         assert s.get(p.url("/proxy/doc")).headers["X-Cache"] == "MISS"
 
 
-def test_location_of_a_post_is_invalidated_too(backend, proxy):
+def test_location_of_a_post_is_invalidated_too(backend, start_proxy):
     def respond(seen):
         if seen.method == "POST":
             return Reply(201, [("Location", "/items/7")], b"")
         return Reply(200, [("Cache-Control", "max-age=60")], seen.target.encode())
 
-    p = proxy({DOMAIN: [backend(respond).port]})
+    p = start_proxy({DOMAIN: [backend(respond).port]})
     with session(DOMAIN) as s:
         s.get(p.url("/proxy/items/7"))
         assert s.get(p.url("/proxy/items/7")).headers["X-Cache"] == "HIT"
@@ -241,29 +239,22 @@ def test_location_of_a_post_is_invalidated_too(backend, proxy):
 
 @pytest.mark.parametrize("expires", ["Thu, 18 Aug 2050 02:01:18 UTC",
                                      "Thu, 18 Aug 50 02:01:18 GMT", "0"])
-def test_an_invalid_expires_is_already_expired(backend, proxy, expires):
+def test_an_invalid_expires_is_already_expired(backend, start_proxy, expires):
     b = backend(lambda seen: Reply(200, [("Expires", expires)], b"e"))
-    p = proxy({DOMAIN: [b.port]})
-    assert [get(p).headers["X-Cache"] for _ in range(2)] == ["MISS", "MISS"]
+    p = start_proxy({DOMAIN: [b.port]})
+    assert [get(p, host=DOMAIN).headers["X-Cache"] for _ in range(2)] == ["MISS", "MISS"]
 
 
 # -- with Redis ----------------------------------------------------------------------------
-def _redis_up() -> bool:
-    try:
-        return bool(redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_timeout=0.5).ping())
-    except redis.RedisError:
-        return False
-
-
 @pytest.mark.redis
-@pytest.mark.skipif(not _redis_up(), reason="no Redis server answers on 127.0.0.1:6379")
-def test_stale_serving_and_coalescing_work_with_redis(backend, proxy):
+@needs_redis
+def test_stale_serving_and_coalescing_work_with_redis(backend, start_proxy):
     import uuid
 
     host = Switchable("max-age=1", delay=0.2)
     domain = f"r{uuid.uuid4().hex[:10]}.test"
-    p = proxy({domain: [backend(host).port]}, server="gunicorn", workers=2,
-              env={"CACHE_URL": "redis://127.0.0.1:6379/0", "MAX_HTTP_RETRIES": "0"})
+    p = start_proxy({domain: [backend(host).port]}, server="gunicorn", workers=2,
+                    env={"CACHE_URL": REDIS_URL, "MAX_HTTP_RETRIES": "0"})
 
     def fetch(_=None):
         return requests.get(p.url("/proxy/r"), headers={"Host": domain}, timeout=20)

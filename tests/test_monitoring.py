@@ -137,8 +137,8 @@ def test_slos_are_stated_once_and_burn_alerts_use_them():
 
 
 @needs_promtool
-def test_promtool_check_metrics_on_a_real_scrape(backend, proxy):
-    p = proxy({DOMAIN: [backend().port]}, server="gunicorn")
+def test_promtool_check_metrics_on_a_real_scrape(backend, start_proxy):
+    p = start_proxy({DOMAIN: [backend().port]}, server="gunicorn")
     with session() as s:
         s.get(p.url("/proxy/x"), headers={"Host": DOMAIN})
     result = promtool("check", "metrics", stdin=requests.get(p.metrics_url(), timeout=5).text)
@@ -148,9 +148,9 @@ def test_promtool_check_metrics_on_a_real_scrape(backend, proxy):
 
 
 # -- dashboard, rules and metrics agree ---------------------------------------------------------
-def exported_metric_names(backend, proxy) -> set[str]:
+def exported_metric_names(backend, start_proxy) -> set[str]:
     b = backend(lambda seen: Reply(200, [("Cache-Control", "max-age=60")], b"x"))
-    p = proxy({DOMAIN: [b.port]})
+    p = start_proxy({DOMAIN: [b.port]})
     with session() as s:
         for _ in range(2):
             s.get(p.url("/proxy/x"), headers={"Host": DOMAIN})
@@ -159,7 +159,7 @@ def exported_metric_names(backend, proxy) -> set[str]:
             if line and not line.startswith("#")}
 
 
-def test_dashboard_reads_recording_rules_and_rules_read_exported_metrics(backend, proxy):
+def test_dashboard_reads_recording_rules_and_rules_read_exported_metrics(backend, start_proxy):
     dashboard = json.loads((REPO / "config" / "grafana" / "wsgiproxy-dashboard.json")
                            .read_text())
     recorded = {r["record"] for r in rules() if "record" in r}
@@ -167,7 +167,7 @@ def test_dashboard_reads_recording_rules_and_rules_read_exported_metrics(backend
             for name in series_names(t["expr"])}
     assert used, "the dashboard queries nothing"
     assert used <= recorded, used - recorded  # the dashboard reads rules only
-    exported = exported_metric_names(backend, proxy) | {"up"}
+    exported = exported_metric_names(backend, start_proxy) | {"up"}
     for rule in rules():
         names = series_names(rule["expr"])
         assert names <= exported | recorded, (rule.get("record") or rule["alert"],
@@ -320,9 +320,9 @@ class Prometheus:
 
 @pytest.mark.slow
 @needs_prometheus
-def test_prometheus_scrapes_the_proxy_and_records_the_slis(backend, proxy, tmp_path):
+def test_prometheus_scrapes_the_proxy_and_records_the_slis(backend, start_proxy, tmp_path):
     b = backend(lambda seen: Reply(200, [("Cache-Control", "max-age=60")], b"x"))
-    p = proxy({DOMAIN: [b.port]}, server="gunicorn", workers=2)
+    p = start_proxy({DOMAIN: [b.port]}, server="gunicorn", workers=2)
     prometheus = Prometheus(tmp_path, p.metrics_port)
     query = prometheus.by_service
     try:
@@ -374,12 +374,12 @@ def test_prometheus_scrapes_the_proxy_and_records_the_slis(backend, proxy, tmp_p
 @needs_prometheus
 @pytest.mark.skipif(ALERTMANAGER is None, reason="the alertmanager server is not installed "
                     "(Debian package: prometheus-alertmanager)")
-def test_a_stopped_host_reaches_alertmanager_as_host_down(backend, proxy, tmp_path):
+def test_a_stopped_host_reaches_alertmanager_as_host_down(backend, start_proxy, tmp_path):
     """What `docker compose up` shows when a backend is stopped, on loopback: the
     project's Prometheus config, rules and Alertmanager config, with the alerts' `for`
     shortened to 1 s so the test need not wait 5 minutes."""
     up, down = backend(), backend()
-    p = proxy({DOMAIN: [up.port, down.port]}, server="gunicorn", workers=1)
+    p = start_proxy({DOMAIN: [up.port, down.port]}, server="gunicorn", workers=1)
     rules_dir = tmp_path / "prom"
     (rules_dir / "rules").mkdir(parents=True)
     for path in RULE_FILES:

@@ -16,9 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.backends import Reply
 from support.client import session
 from support.net import accepts, reserve_port, wait_until
+from support.proxy import SERVERS
 
 DOMAIN = "obs.test"
-SERVERS = ["pywsgi", "gunicorn"]
 
 
 def scrape(p) -> dict[tuple, float]:
@@ -36,7 +36,8 @@ def value(samples, name, **labels) -> float:
 
 
 
-def cacheable(seen):
+def by_path(seen):
+    """/cached...: fresh for a minute; /error...: a 500; anything else: a 200, not stored."""
     if seen.target.startswith("/cached"):
         return Reply(200, [("Cache-Control", "max-age=60")], b"c")
     if seen.target.startswith("/error"):
@@ -45,10 +46,10 @@ def cacheable(seen):
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_metrics_count_known_traffic_exactly(backend, proxy, server):
-    b = backend(cacheable)
+def test_metrics_count_known_traffic_exactly(backend, start_proxy, server):
+    b = backend(by_path)
     dead = reserve_port()
-    p = proxy({DOMAIN: [dead, b.port]}, server=server)
+    p = start_proxy({DOMAIN: [dead, b.port]}, server=server)
     service = "obs-test"
     # The harness's readiness probe was one unrouted request; it is counted when its
     # response has closed, which can be just after the probe has read it.
@@ -94,9 +95,9 @@ def test_metrics_count_known_traffic_exactly(backend, proxy, server):
     assert not any("evil" in str(k) for k in m)  # a client's Host never becomes a label
 
 
-def test_gunicorn_metrics_sum_every_worker(backend, proxy):
-    b = backend(cacheable)
-    p = proxy({DOMAIN: [b.port]}, server="gunicorn", workers=2)
+def test_gunicorn_metrics_sum_every_worker(backend, start_proxy):
+    b = backend(by_path)
+    p = start_proxy({DOMAIN: [b.port]}, server="gunicorn", workers=2)
     sent = 0
     misses = 0
 
@@ -120,29 +121,29 @@ def test_gunicorn_metrics_sum_every_worker(backend, proxy):
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_health_and_readiness(backend, proxy, server):
-    p = proxy({DOMAIN: [backend().port]}, server=server)
+def test_health_and_readiness(backend, start_proxy, server):
+    p = start_proxy({DOMAIN: [backend().port]}, server=server)
     assert requests.get(p.metrics_url("/healthz"), timeout=5).status_code == 200
     assert requests.get(p.metrics_url("/readyz"), timeout=5).status_code == 200
     assert requests.get(p.metrics_url("/nope"), timeout=5).status_code == 404
     assert requests.post(p.metrics_url("/metrics"), timeout=5).status_code == 405
 
 
-def test_metrics_addr_empty_turns_the_server_off(backend, proxy):
-    p = proxy({DOMAIN: [backend().port]}, env={"METRICS_ADDR": ""})
+def test_metrics_addr_empty_turns_the_server_off(backend, start_proxy):
+    p = start_proxy({DOMAIN: [backend().port]}, env={"METRICS_ADDR": ""})
     with pytest.raises(requests.ConnectionError):
         requests.get(p.metrics_url("/healthz"), timeout=2)
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_sigterm_finishes_the_slow_request_then_exits_0(backend, proxy, server):
+def test_sigterm_finishes_the_slow_request_then_exits_0(backend, start_proxy, server):
     release = threading.Event()
 
     def slow(seen):
         release.wait(20)
         return Reply(200, [], b"finished")
 
-    p = proxy({DOMAIN: [backend(slow).port]}, server=server)
+    p = start_proxy({DOMAIN: [backend(slow).port]}, server=server)
     result = {}
 
     def client():
@@ -165,7 +166,7 @@ def test_sigterm_finishes_the_slow_request_then_exits_0(backend, proxy, server):
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_sigterm_finishes_a_long_streamed_response(backend, proxy, server):
+def test_sigterm_finishes_a_long_streamed_response(backend, start_proxy, server):
     release = threading.Event()
 
     def stream(seen):
@@ -175,7 +176,7 @@ def test_sigterm_finishes_a_long_streamed_response(backend, proxy, server):
             yield b"b" * 1000
         return Reply(200, [("Content-Length", "2000")], body())
 
-    p = proxy({DOMAIN: [backend(stream).port]}, server=server)
+    p = start_proxy({DOMAIN: [backend(stream).port]}, server=server)
     with session(DOMAIN) as s, s.get(p.url("/proxy/stream"), stream=True) as r:
         first = r.raw.read(1000)
         p.proc.send_signal(signal.SIGTERM)
@@ -188,8 +189,8 @@ def test_sigterm_finishes_a_long_streamed_response(backend, proxy, server):
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_idle_keep_alive_connections_do_not_delay_shutdown(backend, proxy, server):
-    p = proxy({DOMAIN: [backend().port]}, server=server, env={"GRACEFUL_TIMEOUT": "30"})
+def test_idle_keep_alive_connections_do_not_delay_shutdown(backend, start_proxy, server):
+    p = start_proxy({DOMAIN: [backend().port]}, server=server, env={"GRACEFUL_TIMEOUT": "30"})
     with session(DOMAIN) as s:
         assert s.get(p.url("/proxy/x")).ok  # this connection now sits idle, kept alive
         started = time.monotonic()
@@ -199,9 +200,9 @@ def test_idle_keep_alive_connections_do_not_delay_shutdown(backend, proxy, serve
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_access_log_line(backend, proxy, server):
+def test_access_log_line(backend, start_proxy, server):
     b = backend()
-    p = proxy({DOMAIN: [b.port]}, server=server)
+    p = start_proxy({DOMAIN: [b.port]}, server=server)
     with session(DOMAIN) as s:
         r = s.post(p.url("/proxy/logged?q=1"), data=b"12345",
                    headers={"X-Request-ID": "log-me"})
@@ -218,11 +219,11 @@ def test_access_log_line(backend, proxy, server):
     assert "time" in line
 
 
-def test_an_upstream_failure_is_logged_once_with_the_request_id(raw_backend, proxy):
+def test_an_upstream_failure_is_logged_once_with_the_request_id(raw_backend, start_proxy):
     def breaks_off(conn, first):
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
 
-    p = proxy({DOMAIN: [raw_backend(breaks_off).port]})
+    p = start_proxy({DOMAIN: [raw_backend(breaks_off).port]})
     with session(DOMAIN) as s, pytest.raises(requests.RequestException):
         s.get(p.url("/proxy/x"), headers={"X-Request-ID": "broken-1"}).content  # noqa: B018
     assert p.access("broken-1")["complete"] is False
@@ -232,15 +233,15 @@ def test_an_upstream_failure_is_logged_once_with_the_request_id(raw_backend, pro
     assert errors[0]["level"] == "WARNING"
 
 
-def test_log_level_debug_explains_decisions(backend, proxy):
-    p = proxy({DOMAIN: [backend().port]}, env={"LOG_LEVEL": "DEBUG"})
+def test_log_level_debug_explains_decisions(backend, start_proxy):
+    p = start_proxy({DOMAIN: [backend().port]}, env={"LOG_LEVEL": "DEBUG"})
     with session(DOMAIN) as s:
         s.get(p.url("/proxy/debug"))
     p.wait_log('"level": "DEBUG"')
 
 
-def test_python_m_wsgiproxy_exits_0_on_sigint(backend, proxy):
-    p = proxy({DOMAIN: [backend().port]})
+def test_python_m_wsgiproxy_exits_0_on_sigint(backend, start_proxy):
+    p = start_proxy({DOMAIN: [backend().port]})
     p.proc.send_signal(signal.SIGINT)
     assert p.proc.wait(10) == 0
     assert "stopped (all requests finished)" in p.log  # it drained, not just died

@@ -1,4 +1,5 @@
-"""docs/running.md and docs/reload.md: the documented commands are the whole product. Real processes: the
+"""docs/running.md and docs/reload.md: the documented commands are the whole product.
+Real processes: the
 bare ``gunicorn -k gevent wsgiproxy:app`` from the project root and ``python -m
 wsgiproxy``, their ports, their readiness, their command line."""
 
@@ -15,10 +16,9 @@ import pytest
 import requests
 
 from support.net import reserve_port, wait_until
-from support.proxy import REPO, ProxyProcess, routes_yaml
+from support.proxy import REPO, SERVERS, ProxyProcess, routes_yaml
 
 DOMAIN = "svc.test"
-SERVERS = ["pywsgi", "gunicorn"]
 
 
 def run(argv, env, timeout=30):
@@ -35,8 +35,8 @@ def routes(tmp_path, backend):
 
 
 # -- the bare gunicorn command ---------------------------------------------------------
-def test_bare_gunicorn_command_has_metrics_of_every_process(backend, proxy):
-    p = proxy({DOMAIN: [backend().port]}, server="gunicorn", workers=2)
+def test_bare_gunicorn_command_has_metrics_of_every_process(backend, start_proxy):
+    p = start_proxy({DOMAIN: [backend().port]}, server="gunicorn", workers=2)
     assert p.argv[1:] == ["-m", "gunicorn", "-k", "gevent", "-w", "2", "-b",
                           f"127.0.0.1:{p.port}", "wsgiproxy:app"]  # the bare command
     with requests.Session() as s:
@@ -98,8 +98,8 @@ def test_a_taken_port_stops_startup_with_one_line(tmp_path, backend, server, whi
     assert "Traceback" not in result.stderr
 
 
-def test_a_second_instance_does_not_share_the_port(backend, proxy):
-    first = proxy({DOMAIN: [backend().port]}, server="gunicorn")
+def test_a_second_instance_does_not_share_the_port(backend, start_proxy):
+    first = start_proxy({DOMAIN: [backend().port]}, server="gunicorn")
     result = run([sys.executable, "-m", "gunicorn", "-k", "gevent", "-b",
                   f"127.0.0.1:{first.port}", "wsgiproxy:app"],
                  {"CONFIGURATION_FILENAME": str(first.routes),
@@ -110,8 +110,8 @@ def test_a_second_instance_does_not_share_the_port(backend, proxy):
     assert requests.get(first.url("/proxy/x"), headers={"Host": DOMAIN}).ok
 
 
-def test_the_startup_line_names_the_address(backend, proxy):
-    p = proxy({DOMAIN: [backend().port]}, server="gunicorn")
+def test_the_startup_line_names_the_address(backend, start_proxy):
+    p = start_proxy({DOMAIN: [backend().port]}, server="gunicorn")
     p.wait_log(f"wsgiproxy listening on http://127.0.0.1:{p.port} (1 gevent workers")
 
 

@@ -1,4 +1,5 @@
-"""docs/websocket.md, docs/tls.md, docs/policy.md over real sockets: WebSocket tunnels (a real websockets client and
+"""docs/websocket.md, docs/tls.md, docs/policy.md over real sockets: WebSocket tunnels
+(a real websockets client and
 server) and the Upgrade rules, TLS to hosts (certificates from a test CA made by
 trustme), per-service timeouts, retries, body limits, cache switches and weights."""
 
@@ -21,11 +22,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from websockets.sync.server import serve
 
-from support.backends import Reply, read_request
+from support.backends import Reply, cacheable, read_request
 from support.client import session
 from support.net import reserve_port, wait_until
+from support.proxy import SERVERS
 
-SERVERS = ["pywsgi", "gunicorn"]
 WS = "ws.test"
 
 
@@ -60,9 +61,9 @@ def tunnels_active(p) -> float | None:
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_websocket_messages_pass_both_ways_unchanged(proxy, server):
+def test_websocket_messages_pass_both_ways_unchanged(start_proxy, server):
     with websocket_backend() as port:
-        p = proxy({WS: [port]}, server=server)
+        p = start_proxy({WS: [port]}, server=server)
         binary = os.urandom(100 * 1024)  # random: permessage-deflate cannot shrink it
         with ws_connect(p, additional_headers={"X-Request-ID": "ws-1"}) as ws:
             ws.send("hello through the proxy")
@@ -79,13 +80,13 @@ def test_websocket_messages_pass_both_ways_unchanged(proxy, server):
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_the_host_closing_closes_the_client(proxy, server):
+def test_the_host_closing_closes_the_client(start_proxy, server):
     def once(ws):
         ws.send("bye")
         ws.close(code=1000, reason="done")
 
     with websocket_backend(once) as port:
-        p = proxy({WS: [port]}, server=server)
+        p = start_proxy({WS: [port]}, server=server)
         with ws_connect(p) as ws:
             assert ws.recv(timeout=5) == "bye"
             with pytest.raises(ConnectionClosed) as closed:
@@ -96,9 +97,9 @@ def test_the_host_closing_closes_the_client(proxy, server):
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_an_idle_tunnel_is_closed(proxy, server):
+def test_an_idle_tunnel_is_closed(start_proxy, server):
     with websocket_backend() as port:
-        p = proxy({WS: [port]}, server=server, env={"TUNNEL_IDLE_TIMEOUT_SECONDS": "0.5"})
+        p = start_proxy({WS: [port]}, server=server, env={"TUNNEL_IDLE_TIMEOUT_SECONDS": "0.5"})
         with ws_connect(p) as ws:
             ws.send("ping")
             assert ws.recv(timeout=5) == "ping"
@@ -109,9 +110,9 @@ def test_an_idle_tunnel_is_closed(proxy, server):
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_sigterm_gives_a_tunnel_the_graceful_period_then_closes_it(proxy, server):
+def test_sigterm_gives_a_tunnel_the_graceful_period_then_closes_it(start_proxy, server):
     with websocket_backend() as port:
-        p = proxy({WS: [port]}, server=server, env={"GRACEFUL_TIMEOUT": "1"})
+        p = start_proxy({WS: [port]}, server=server, env={"GRACEFUL_TIMEOUT": "1"})
         with ws_connect(p) as ws:
             ws.send("before")
             assert ws.recv(timeout=5) == "before"
@@ -126,9 +127,9 @@ def test_sigterm_gives_a_tunnel_the_graceful_period_then_closes_it(proxy, server
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_a_handshake_the_host_refuses_is_an_ordinary_response(backend, proxy, server):
+def test_a_handshake_the_host_refuses_is_an_ordinary_response(backend, start_proxy, server):
     b = backend(lambda seen: Reply(403, [("Content-Type", "text/plain")], b"no sockets"))
-    p = proxy({WS: [b.port]}, server=server)
+    p = start_proxy({WS: [b.port]}, server=server)
     r = requests.get(p.url("/proxy/chat"), headers={
         "Host": WS, "Connection": "Upgrade", "Upgrade": "websocket",
         "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"})
@@ -140,9 +141,9 @@ def test_a_handshake_the_host_refuses_is_an_ordinary_response(backend, proxy, se
 
 @pytest.mark.parametrize("server", SERVERS)
 @pytest.mark.parametrize("token", ["h2c", "TLS/1.0", "foo"])
-def test_other_upgrade_tokens_are_never_forwarded(backend, proxy, server, token):
+def test_other_upgrade_tokens_are_never_forwarded(backend, start_proxy, server, token):
     b = backend()
-    p = proxy({WS: [b.port]}, server=server)
+    p = start_proxy({WS: [b.port]}, server=server)
     r = requests.get(p.url("/proxy/h2"), headers={
         "Host": WS, "Connection": "Upgrade, HTTP2-Settings", "Upgrade": token,
         "HTTP2-Settings": "AAMAAABkAARAAAAAAAIAAAAA"})
@@ -154,9 +155,9 @@ def test_other_upgrade_tokens_are_never_forwarded(backend, proxy, server, token)
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_a_handshake_fails_over_from_a_dead_host(proxy, server):
+def test_a_handshake_fails_over_from_a_dead_host(start_proxy, server):
     with websocket_backend() as port:
-        p = proxy({WS: [reserve_port(), port]}, server=server)
+        p = start_proxy({WS: [reserve_port(), port]}, server=server)
         with ws_connect(p) as ws:
             ws.send("still here")
             assert ws.recv(timeout=5) == "still here"
@@ -193,11 +194,11 @@ def outcomes(p, rid):
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_a_verified_tls_host_with_its_own_server_name(tls_backend, proxy, ca_file, server):
+def test_a_verified_tls_host_with_its_own_server_name(tls_backend, start_proxy, ca_file, server):
     b = tls_backend("payments.internal")
-    p = proxy({"pay.test": {"hosts": [b.port], "tls": {"ca_file": ca_file,
-                                                        "server_name": "payments.internal"}}},
-              server=server)
+    p = start_proxy({"pay.test": {"hosts": [b.port], "tls": {"ca_file": ca_file,
+                                                              "server_name": "payments.internal"}}},
+                    server=server)
     with session("pay.test") as s:
         for _ in range(5):
             r = s.get(p.url("/proxy/charge"))
@@ -206,18 +207,18 @@ def test_a_verified_tls_host_with_its_own_server_name(tls_backend, proxy, ca_fil
     assert len({seen.connection for seen in b.seen}) == 1  # one handshake, reused
 
 
-def test_the_server_name_defaults_to_the_service_domain(tls_backend, proxy, ca_file):
+def test_the_server_name_defaults_to_the_service_domain(tls_backend, start_proxy, ca_file):
     b = tls_backend("pay.test")
-    p = proxy({"pay.test": {"hosts": [b.port], "tls": {"ca_file": ca_file}}})
+    p = start_proxy({"pay.test": {"hosts": [b.port], "tls": {"ca_file": ca_file}}})
     assert requests.get(p.url("/proxy/x"), headers={"Host": "pay.test"}).content == b"secure"
     assert b.seen[-1].server_name == "pay.test"
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_an_untrusted_certificate_is_502_naming_service_and_reason(tls_backend, proxy,
+def test_an_untrusted_certificate_is_502_naming_service_and_reason(tls_backend, start_proxy,
                                                                      ca_file, server):
     b = tls_backend("pay.test", issuer=trustme.CA())  # not the CA the proxy trusts
-    p = proxy({"pay.test": {"hosts": [b.port], "tls": {"ca_file": ca_file}}}, server=server)
+    p = start_proxy({"pay.test": {"hosts": [b.port], "tls": {"ca_file": ca_file}}}, server=server)
     r = requests.get(p.url("/proxy/x"), headers={"Host": "pay.test", "X-Request-ID": "bad"})
     assert r.status_code == 502
     assert r.json()["error"] == ("service 'pay-test': no host could be reached: TLS "
@@ -227,21 +228,21 @@ def test_an_untrusted_certificate_is_502_naming_service_and_reason(tls_backend, 
     assert b.seen == []
 
 
-def test_a_certificate_for_another_name_is_refused(tls_backend, proxy, ca_file):
+def test_a_certificate_for_another_name_is_refused(tls_backend, start_proxy, ca_file):
     b = tls_backend("other.internal")
-    p = proxy({"pay.test": {"hosts": [b.port], "tls": {"ca_file": ca_file,
-                                                        "server_name": "payments.internal"}}})
+    p = start_proxy({"pay.test": {"hosts": [b.port], "tls": {"ca_file": ca_file,
+                                                              "server_name": "payments.internal"}}})
     r = requests.get(p.url("/proxy/x"), headers={"Host": "pay.test"})
     assert r.status_code == 502
     assert r.json()["error"].endswith("TLS handshake failed: hostname 'payments.internal' "
                                       "doesn't match 'other.internal'")
 
 
-def test_a_tls_failure_fails_over_and_ejects_the_host(tls_backend, proxy, ca_file):
+def test_a_tls_failure_fails_over_and_ejects_the_host(tls_backend, start_proxy, ca_file):
     bad = tls_backend("pay.test", issuer=trustme.CA())
     good = tls_backend("pay.test")
-    p = proxy({"pay.test": {"hosts": [bad.port, good.port], "tls": {"ca_file": ca_file}}},
-              env={"HOST_EJECT_SECONDS": "60"})
+    p = start_proxy({"pay.test": {"hosts": [bad.port, good.port], "tls": {"ca_file": ca_file}}},
+                    env={"HOST_EJECT_SECONDS": "60"})
     with session("pay.test") as s:
         for i in range(4):
             assert s.get(p.url("/proxy/x"), headers={"X-Request-ID": f"f{i}"}).ok
@@ -251,15 +252,15 @@ def test_a_tls_failure_fails_over_and_ejects_the_host(tls_backend, proxy, ca_fil
         f'proxy_upstream_attempts_total{{host="127.0.0.1:{bad.port}",outcome="tls_error"') == 1
 
 
-def test_verify_false_accepts_any_certificate_and_says_so(tls_backend, proxy):
+def test_verify_false_accepts_any_certificate_and_says_so(tls_backend, start_proxy):
     b = tls_backend("whatever.example", issuer=trustme.CA())
-    p = proxy({"pay.test": {"hosts": [b.port], "tls": {"verify": False}}})
+    p = start_proxy({"pay.test": {"hosts": [b.port], "tls": {"verify": False}}})
     assert requests.get(p.url("/proxy/x"), headers={"Host": "pay.test"}).content == b"secure"
     p.wait_log("service 'pay-test': the TLS certificates of its hosts are not verified")
     assert "InsecureRequestWarning" not in p.log
 
 
-def test_a_client_certificate_is_presented(tls_backend, proxy, ca, ca_file, tmp_path):
+def test_a_client_certificate_is_presented(tls_backend, start_proxy, ca, ca_file, tmp_path):
     client_ca = trustme.CA()
     b = tls_backend("pay.test", client_ca=client_ca)
     leaf = client_ca.issue_cert("wsgiproxy.client")
@@ -268,11 +269,11 @@ def test_a_client_certificate_is_presented(tls_backend, proxy, ca, ca_file, tmp_
         with open(cert, "ab") as f:
             f.write(blob.bytes())
     leaf.private_key_pem.write_to_path(str(key))
-    p = proxy({"with.test": {"hosts": [b.port], "tls": {
-                   "ca_file": ca_file, "server_name": "pay.test",
-                   "cert_file": str(cert), "key_file": str(key)}},
-               "without.test": {"hosts": [b.port], "tls": {"ca_file": ca_file,
-                                                           "server_name": "pay.test"}}})
+    p = start_proxy({"with.test": {"hosts": [b.port], "tls": {
+                         "ca_file": ca_file, "server_name": "pay.test",
+                         "cert_file": str(cert), "key_file": str(key)}},
+                     "without.test": {"hosts": [b.port], "tls": {"ca_file": ca_file,
+                                                                 "server_name": "pay.test"}}})
     assert requests.get(p.url("/proxy/x"), headers={"Host": "with.test"}).status_code == 200
     subject = dict(x[0] for x in b.seen[-1].peer_cert["subject"])
     assert subject.get("commonName") == "wsgiproxy.client" or \
@@ -282,9 +283,9 @@ def test_a_client_certificate_is_presented(tls_backend, proxy, ca, ca_file, tmp_
 
 
 # -- per-service policy and weights --------------------------------------------------------
-def test_weights_share_real_requests(backend, proxy):
+def test_weights_share_real_requests(backend, start_proxy):
     heavy, light = backend(name="heavy"), backend(name="light")
-    p = proxy({"w.test": {"hosts": [{"port": heavy.port, "weight": 3}, light.port]}})
+    p = start_proxy({"w.test": {"hosts": [{"port": heavy.port, "weight": 3}, light.port]}})
     with session("w.test") as s:
         for _ in range(40):
             assert s.get(p.url("/proxy/x")).ok
@@ -295,25 +296,25 @@ def flaky_503(seen):
     return Reply(503, [], b"busy")
 
 
-def test_retries_are_per_service(backend, proxy):
+def test_retries_are_per_service(backend, start_proxy):
     tuned, default = backend(flaky_503), backend(flaky_503)
-    p = proxy({"tuned.test": {"hosts": [tuned.port], "retries": {"http": 0}},
-               "default.test": [default.port]})
+    p = start_proxy({"tuned.test": {"hosts": [tuned.port], "retries": {"http": 0}},
+                     "default.test": [default.port]})
     assert requests.get(p.url("/proxy/x"), headers={"Host": "tuned.test"}).status_code == 503
     assert requests.get(p.url("/proxy/x"), headers={"Host": "default.test"}).status_code == 503
     assert (tuned.count, default.count) == (1, 3)  # MAX_HTTP_RETRIES=2 for the other
 
 
-def test_forward_retries_are_per_service(backend, proxy):
+def test_forward_retries_are_per_service(backend, start_proxy):
     live = backend()
     dead = [reserve_port() for _ in range(3)]
-    p = proxy({"one.test": {"hosts": [*dead, live.port], "retries": {"forward": 1}}})
+    p = start_proxy({"one.test": {"hosts": [*dead, live.port], "retries": {"forward": 1}}})
     r = requests.get(p.url("/proxy/x"), headers={"Host": "one.test", "X-Request-ID": "fw"})
     assert r.status_code == 502  # two hosts tried, both dead; the live one never reached
     assert outcomes(p, "fw") == ["refused", "refused"]
 
 
-def test_timeouts_are_per_service(raw_backend, proxy):
+def test_timeouts_are_per_service(raw_backend, start_proxy):
     done = threading.Event()
 
     def hang(conn, first):
@@ -321,8 +322,8 @@ def test_timeouts_are_per_service(raw_backend, proxy):
         done.wait(10)
 
     b = raw_backend(hang)
-    p = proxy({"slow.test": {"hosts": [b.port], "timeouts": {"read_seconds": 0.3},
-                             "retries": {"http": 0}}})
+    p = start_proxy({"slow.test": {"hosts": [b.port], "timeouts": {"read_seconds": 0.3},
+                                   "retries": {"http": 0}}})
     try:
         started = time.monotonic()
         r = requests.get(p.url("/proxy/x"), headers={"Host": "slow.test"})
@@ -334,10 +335,10 @@ def test_timeouts_are_per_service(raw_backend, proxy):
     assert len(b.requests) == 1
 
 
-def test_eject_seconds_are_per_service(backend, proxy):
+def test_eject_seconds_are_per_service(backend, start_proxy):
     live, revived_port = backend(), reserve_port()
-    p = proxy({"e.test": {"hosts": [revived_port, live.port], "eject_seconds": 0.3}},
-              env={"HOST_EJECT_SECONDS": "60"})
+    p = start_proxy({"e.test": {"hosts": [revived_port, live.port], "eject_seconds": 0.3}},
+                    env={"HOST_EJECT_SECONDS": "60"})
     with session("e.test") as s:
         assert s.get(p.url("/proxy/x")).ok  # refused: ejected for 0.3 s, not 60
         revived = backend(port=revived_port)
@@ -345,10 +346,10 @@ def test_eject_seconds_are_per_service(backend, proxy):
                    "the host back after its short ejection")
 
 
-def test_body_limits_are_per_service(backend, proxy):
+def test_body_limits_are_per_service(backend, start_proxy):
     small, big = backend(), backend()
-    p = proxy({"small.test": {"hosts": [small.port], "max_request_body_bytes": 1024},
-               "big.test": [big.port]})
+    p = start_proxy({"small.test": {"hosts": [small.port], "max_request_body_bytes": 1024},
+                     "big.test": [big.port]})
     body = b"b" * 2048
     assert requests.post(p.url("/proxy/x"), data=body,
                          headers={"Host": "small.test"}).status_code == 413
@@ -357,14 +358,11 @@ def test_body_limits_are_per_service(backend, proxy):
     assert (small.count, big.count) == (0, 1)
 
 
-def test_the_cache_can_be_off_or_kept_shorter_per_service(backend, proxy):
-    def cacheable(seen):
-        return Reply(200, [("Cache-Control", "max-age=60")], seen.target.encode())
-
+def test_the_cache_can_be_off_or_kept_shorter_per_service(backend, start_proxy):
     off, short, normal = backend(cacheable), backend(cacheable), backend(cacheable)
-    p = proxy({"off.test": {"hosts": [off.port], "cache": {"enabled": False}},
-               "short.test": {"hosts": [short.port], "cache": {"ttl_seconds": 0.5}},
-               "normal.test": [normal.port]})
+    p = start_proxy({"off.test": {"hosts": [off.port], "cache": {"enabled": False}},
+                     "short.test": {"hosts": [short.port], "cache": {"ttl_seconds": 0.5}},
+                     "normal.test": [normal.port]})
 
     def x_cache(domain):
         return requests.get(p.url("/proxy/c"), headers={"Host": domain}).headers["X-Cache"]

@@ -12,12 +12,11 @@ import threading
 import pytest
 import requests
 
-from support.backends import Reply
+from support.backends import Reply, cacheable
 from support.client import session
 from support.net import reserve_port, wait_until
-from support.proxy import ProxyProcess
+from support.proxy import SERVERS, ProxyProcess
 
-SERVERS = ["pywsgi", "gunicorn"]
 A, B = "a.test", "b.test"
 
 
@@ -39,9 +38,9 @@ def named(name: str):
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_sighup_reloads_the_routes(backend, proxy, server):
+def test_sighup_reloads_the_routes(backend, start_proxy, server):
     one, two, three = backend(named("one")), backend(named("two")), backend(named("three"))
-    p = proxy({A: [one.port]}, server=server)
+    p = start_proxy({A: [one.port]}, server=server)
     assert who(p, A) == "200 one"
     assert who(p, B).startswith("404")
     p.write_routes({A: [two.port], B: [three.port]})
@@ -54,10 +53,10 @@ def test_sighup_reloads_the_routes(backend, proxy, server):
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_a_bad_routes_file_is_refused_and_the_old_routes_keep_serving(backend, proxy,
+def test_a_bad_routes_file_is_refused_and_the_old_routes_keep_serving(backend, start_proxy,
                                                                        server):
     good = backend(named("good"))
-    p = proxy({A: [good.port]}, server=server)
+    p = start_proxy({A: [good.port]}, server=server)
     p.write_routes({}, text=p.routes.read_text().replace(f"port: {good.port}", "port: 70000"))
     p.reload()
     line = p.wait_log("routes not reloaded (SIGHUP)")
@@ -107,9 +106,9 @@ def test_a_configmap_style_symlink_swap_is_reloaded_without_a_signal(backend, se
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_no_request_fails_while_routes_reload_under_load(backend, proxy, server):
+def test_no_request_fails_while_routes_reload_under_load(backend, start_proxy, server):
     hosts = [backend(named(f"h{i}")) for i in range(3)]
-    p = proxy({A: [hosts[0].port, hosts[1].port]}, server=server)
+    p = start_proxy({A: [hosts[0].port, hosts[1].port]}, server=server)
     failures, served, done = [], [], threading.Event()
 
     def client():
@@ -143,7 +142,7 @@ def test_no_request_fails_while_routes_reload_under_load(backend, proxy, server)
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_a_request_in_flight_finishes_on_the_old_routes(backend, proxy, server):
+def test_a_request_in_flight_finishes_on_the_old_routes(backend, start_proxy, server):
     gate = threading.Event()
 
     def slow(seen):
@@ -152,7 +151,7 @@ def test_a_request_in_flight_finishes_on_the_old_routes(backend, proxy, server):
         return Reply(200, [("X-Backend", "old")], b"old host")
 
     old, new = backend(slow), backend(named("new"))
-    p = proxy({A: [old.port]}, server=server)
+    p = start_proxy({A: [old.port]}, server=server)
     result = {}
     t = threading.Thread(target=lambda: result.update(r=requests.get(
         p.url("/proxy/slow"), headers={"Host": A}, timeout=20)))
@@ -167,13 +166,10 @@ def test_a_request_in_flight_finishes_on_the_old_routes(backend, proxy, server):
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_unchanged_services_keep_ejected_hosts_and_cached_entries(backend, proxy, server):
-    def cacheable(seen):
-        return Reply(200, [("Cache-Control", "max-age=60")], seen.target.encode())
-
+def test_unchanged_services_keep_ejected_hosts_and_cached_entries(backend, start_proxy, server):
     live, dead = backend(cacheable), reserve_port()
     other = backend()
-    p = proxy({A: [dead, live.port]}, server=server, env={"HOST_EJECT_SECONDS": "60"})
+    p = start_proxy({A: [dead, live.port]}, server=server, env={"HOST_EJECT_SECONDS": "60"})
     with session(A) as s:
         assert s.get(p.url("/proxy/cached")).ok  # stored; the dead host refused and is out
         assert s.get(p.url("/proxy/cached")).headers["X-Cache"] == "HIT"

@@ -50,9 +50,9 @@ def black_hole():
 
 # -- failover --------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["GET", "POST", "PATCH", "DELETE"])
-def test_refused_host_fails_over_at_once_for_every_method(backend, proxy, method):
+def test_refused_host_fails_over_at_once_for_every_method(backend, start_proxy, method):
     dead, live = reserve_port(), backend()
-    p = proxy({DOMAIN: [dead, live.port]})
+    p = start_proxy({DOMAIN: [dead, live.port]})
     with session(DOMAIN) as s:
         r = s.request(method, p.url("/proxy/x"), data=b"body" if method != "GET" else None,
                       headers={"X-Request-ID": f"fo-{method}"})
@@ -64,10 +64,10 @@ def test_refused_host_fails_over_at_once_for_every_method(backend, proxy, method
     assert [s.body for s in live.seen] == ([b""] if method == "GET" else [b"body"])
 
 
-def test_connect_timeout_fails_over_to_the_next_host(backend, proxy, black_hole):
+def test_connect_timeout_fails_over_to_the_next_host(backend, start_proxy, black_hole):
     live = backend()
-    p = proxy({DOMAIN: [black_hole, live.port]},
-              env={"UPSTREAM_CONNECT_TIMEOUT_SECONDS": "0.3"})
+    p = start_proxy({DOMAIN: [black_hole, live.port]},
+                    env={"UPSTREAM_CONNECT_TIMEOUT_SECONDS": "0.3"})
     with session(DOMAIN) as s:
         r = s.post(p.url("/proxy/x"), data=b"once", headers={"X-Request-ID": "ct"})
     assert r.status_code == 200
@@ -75,10 +75,10 @@ def test_connect_timeout_fails_over_to_the_next_host(backend, proxy, black_hole)
     assert [s.body for s in live.seen] == [b"once"]
 
 
-def test_one_host_down_60_requests_succeed_and_it_is_tried_once(backend, proxy):
+def test_one_host_down_60_requests_succeed_and_it_is_tried_once(backend, start_proxy):
     a, b = backend(name="a"), backend(name="b")
     dead = reserve_port()
-    p = proxy({DOMAIN: [a.port, dead, b.port]})  # HOST_EJECT_SECONDS defaults to 10
+    p = start_proxy({DOMAIN: [a.port, dead, b.port]})  # HOST_EJECT_SECONDS defaults to 10
     with session(DOMAIN) as s:
         statuses = [s.get(p.url(f"/proxy/{i}"), headers={"X-Request-ID": f"r{i}"}).status_code
                     for i in range(60)]
@@ -89,10 +89,10 @@ def test_one_host_down_60_requests_succeed_and_it_is_tried_once(backend, proxy):
     assert abs(a.count - b.count) <= 1  # the live hosts share the load evenly
 
 
-def test_ejected_host_gets_traffic_again_after_it_restarts(backend, proxy):
+def test_ejected_host_gets_traffic_again_after_it_restarts(backend, start_proxy):
     live = backend(name="live")
     revived_port = reserve_port()
-    p = proxy({DOMAIN: [revived_port, live.port]}, env={"HOST_EJECT_SECONDS": "0.5"})
+    p = start_proxy({DOMAIN: [revived_port, live.port]}, env={"HOST_EJECT_SECONDS": "0.5"})
     with session(DOMAIN) as s:
         assert s.get(p.url("/proxy/first"), headers={"X-Request-ID": "first"}).ok
         assert outcomes(p.access("first"))[0] == "refused"
@@ -105,9 +105,9 @@ def test_ejected_host_gets_traffic_again_after_it_restarts(backend, proxy):
     assert revived.count - before == 5  # back in the round-robin: half of them
 
 
-def test_every_host_ejected_they_are_tried_anyway(backend, proxy):
+def test_every_host_ejected_they_are_tried_anyway(backend, start_proxy):
     first, second = reserve_port(), reserve_port()
-    p = proxy({DOMAIN: [first, second]})
+    p = start_proxy({DOMAIN: [first, second]})
     with session(DOMAIN) as s:
         r = s.get(p.url("/proxy/x"), headers={"X-Request-ID": "all-down"})
         assert r.status_code == 502
@@ -137,9 +137,9 @@ def flaky(failures: int, status: int = 503, headers=()):
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"])
-def test_idempotent_methods_are_retried_on_the_same_host(backend, proxy, method):
+def test_idempotent_methods_are_retried_on_the_same_host(backend, start_proxy, method):
     b = backend(flaky(2))
-    p = proxy({DOMAIN: [b.port]})
+    p = start_proxy({DOMAIN: [b.port]})
     with session(DOMAIN) as s:
         r = s.request(method, p.url("/proxy/x"), headers={"X-Request-ID": f"i-{method}"})
     assert (r.status_code, r.headers["X-Try"]) == (200, "3")
@@ -147,9 +147,9 @@ def test_idempotent_methods_are_retried_on_the_same_host(backend, proxy, method)
 
 
 @pytest.mark.parametrize("method", ["POST", "PATCH"])
-def test_post_and_patch_are_never_sent_twice(backend, proxy, method):
+def test_post_and_patch_are_never_sent_twice(backend, start_proxy, method):
     b = backend(flaky(5))
-    p = proxy({DOMAIN: [b.port]})
+    p = start_proxy({DOMAIN: [b.port]})
     with session(DOMAIN) as s:
         r = s.request(method, p.url("/proxy/x"), data=b"pay", headers={"X-Request-ID": "np"})
     assert (r.status_code, r.text) == (503, "host's own 503 #1")
@@ -157,9 +157,9 @@ def test_post_and_patch_are_never_sent_twice(backend, proxy, method):
 
 
 @pytest.mark.parametrize("status", [502, 503, 504])
-def test_a_5xx_that_survives_retries_is_passed_through(backend, proxy, status):
+def test_a_5xx_that_survives_retries_is_passed_through(backend, start_proxy, status):
     b = backend(flaky(10, status, headers=[("X-Own", "yes")]))
-    p = proxy({DOMAIN: [b.port]})
+    p = start_proxy({DOMAIN: [b.port]})
     with session(DOMAIN) as s:
         r = s.get(p.url("/proxy/x"), headers={"X-Request-ID": "pt"})
     assert (r.status_code, r.text, r.headers["X-Own"]) == (status, f"host's own {status} #3",
@@ -168,9 +168,9 @@ def test_a_5xx_that_survives_retries_is_passed_through(backend, proxy, status):
     assert b.count == 3
 
 
-def test_max_http_retries_zero_means_one_attempt(backend, proxy):
+def test_max_http_retries_zero_means_one_attempt(backend, start_proxy):
     b = backend(flaky(1))
-    p = proxy({DOMAIN: [b.port]}, env={"MAX_HTTP_RETRIES": "0"})
+    p = start_proxy({DOMAIN: [b.port]}, env={"MAX_HTTP_RETRIES": "0"})
     with session(DOMAIN) as s:
         assert s.get(p.url("/proxy/x")).status_code == 503
     assert b.count == 1
@@ -178,9 +178,9 @@ def test_max_http_retries_zero_means_one_attempt(backend, proxy):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("retry_after", "waits"), [("1", 1.0), ("30", 2.0)])
-def test_retry_after_is_honoured_up_to_two_seconds(backend, proxy, retry_after, waits):
+def test_retry_after_is_honoured_up_to_two_seconds(backend, start_proxy, retry_after, waits):
     b = backend(flaky(1, headers=[("Retry-After", retry_after)]))
-    p = proxy({DOMAIN: [b.port]})
+    p = start_proxy({DOMAIN: [b.port]})
     with session(DOMAIN) as s:
         start = time.monotonic()
         r = s.get(p.url("/proxy/x"))
@@ -190,9 +190,9 @@ def test_retry_after_is_honoured_up_to_two_seconds(backend, proxy, retry_after, 
     assert waits <= took < waits + 1.5
 
 
-def test_429_with_retry_after_goes_back_to_the_client(backend, proxy):
+def test_429_with_retry_after_goes_back_to_the_client(backend, start_proxy):
     b = backend(flaky(1, 429, headers=[("Retry-After", "1")]))
-    p = proxy({DOMAIN: [b.port]})
+    p = start_proxy({DOMAIN: [b.port]})
     with session(DOMAIN) as s:
         assert s.get(p.url("/proxy/x")).status_code == 429
     assert b.count == 1
@@ -214,8 +214,8 @@ def hanging(raw_backend):
 
 
 @pytest.mark.parametrize(("method", "attempts"), [("GET", 3), ("POST", 1)])
-def test_read_timeout_gives_504(hanging, proxy, method, attempts):
-    p = proxy({DOMAIN: [hanging.port]}, env={"UPSTREAM_READ_TIMEOUT_SECONDS": "0.3"})
+def test_read_timeout_gives_504(hanging, start_proxy, method, attempts):
+    p = start_proxy({DOMAIN: [hanging.port]}, env={"UPSTREAM_READ_TIMEOUT_SECONDS": "0.3"})
     with session(DOMAIN) as s:
         r = s.request(method, p.url("/proxy/x"), data=b"x" if method == "POST" else None,
                       headers={"X-Request-ID": "rt"})
@@ -230,7 +230,7 @@ def test_read_timeout_gives_504(hanging, proxy, method, attempts):
     ("PUT", 10, 3),  # idempotent and small enough to resend: retried
     ("PUT", 200_000, 1),  # idempotent but streamed: cannot be resent
 ])
-def test_reset_after_the_body_is_read(raw_backend, proxy, method, size, deliveries):
+def test_reset_after_the_body_is_read(raw_backend, start_proxy, method, size, deliveries):
     bodies = []
 
     def handle(conn, first):
@@ -238,7 +238,7 @@ def test_reset_after_the_body_is_read(raw_backend, proxy, method, size, deliveri
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
     b = raw_backend(handle)
-    p = proxy({DOMAIN: [b.port]})
+    p = start_proxy({DOMAIN: [b.port]})
     payload = b"p" * size
     with session(DOMAIN) as s:
         r = s.request(method, p.url("/proxy/x"), data=payload)
@@ -258,10 +258,10 @@ def head_then_reset(bodies):
 
 @pytest.mark.parametrize("server", ["pywsgi", "gunicorn"])
 def test_a_host_that_dies_after_the_head_is_replaced_for_idempotent_methods(
-        raw_backend, backend, proxy, server):
+        raw_backend, backend, start_proxy, server):
     bodies = []
     dying, live = raw_backend(head_then_reset(bodies)), backend()
-    p = proxy({DOMAIN: [dying.port, live.port]}, server=server)
+    p = start_proxy({DOMAIN: [dying.port, live.port]}, server=server)
     with session(DOMAIN) as s:
         r = s.get(p.url("/proxy/x"), headers={"X-Request-ID": "head-reset"})
     assert r.status_code == 200
@@ -269,10 +269,10 @@ def test_a_host_that_dies_after_the_head_is_replaced_for_idempotent_methods(
     assert outcomes(p.access("head-reset")) == ["reset 200", "response 200"]  # head, no body
 
 
-def test_a_post_whose_answer_broke_off_is_not_sent_again(raw_backend, backend, proxy):
+def test_a_post_whose_answer_broke_off_is_not_sent_again(raw_backend, backend, start_proxy):
     bodies = []
     dying, live = raw_backend(head_then_reset(bodies)), backend()
-    p = proxy({DOMAIN: [dying.port, live.port]})
+    p = start_proxy({DOMAIN: [dying.port, live.port]})
     with session(DOMAIN) as s:
         r = s.post(p.url("/proxy/x"), data=b"once")
     assert r.status_code == 502
@@ -280,11 +280,11 @@ def test_a_post_whose_answer_broke_off_is_not_sent_again(raw_backend, backend, p
     assert (bodies, live.count) == ([b"once"], 0)
 
 
-def test_attempts_never_exceed_the_bound(backend, proxy):
+def test_attempts_never_exceed_the_bound(backend, start_proxy):
     """Refused, then 503 until retries run out: 1 + (1 + MAX_HTTP_RETRIES) attempts."""
     dead, bad = reserve_port(), backend(flaky(100))
-    p = proxy({DOMAIN: [dead, bad.port]}, env={"MAX_HTTP_RETRIES": "1",
-                                               "MAX_FORWARD_RETRIES": "1"})
+    p = start_proxy({DOMAIN: [dead, bad.port]}, env={"MAX_HTTP_RETRIES": "1",
+                                                     "MAX_FORWARD_RETRIES": "1"})
     with session(DOMAIN) as s:
         for i in range(4):
             s.get(p.url(f"/proxy/{i}"), headers={"X-Request-ID": f"b{i}"})
@@ -295,7 +295,7 @@ def test_attempts_never_exceed_the_bound(backend, proxy):
 
 # -- under load --------------------------------------------------------------------------
 @pytest.mark.slow
-def test_killing_a_host_under_load_fails_no_request(tmp_path, proxy):
+def test_killing_a_host_under_load_fails_no_request(tmp_path, start_proxy):
     """Three sample backends in processes; one is killed mid-run and started again."""
     import subprocess
     import sys
@@ -312,7 +312,7 @@ def test_killing_a_host_under_load_fails_no_request(tmp_path, proxy):
     try:
         for port in ports:
             wait_until(lambda port=port: accepts(port), 10, message=f"backend {port}")
-        p = proxy({DOMAIN: ports}, env={"HOST_EJECT_SECONDS": "1"})
+        p = start_proxy({DOMAIN: ports}, env={"HOST_EJECT_SECONDS": "1"})
         failures, done = [], threading.Event()
         served = itertools.count()  # next(served) - 1 requests answered so far
 

@@ -14,9 +14,9 @@ import urllib3
 from support.backends import Reply, read_head, read_request
 from support.client import session
 from support.net import raw_exchange, reserve_port, wait_until
+from support.proxy import SERVERS
 
 DOMAIN = "svc.test"
-SERVERS = ["pywsgi", "gunicorn"]
 
 
 def early_hints_backend(conn: socket.socket, first: bytes) -> None:
@@ -46,9 +46,9 @@ def test_stock_urllib3_takes_103_as_final_and_leaks_the_200(raw_backend):
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_interim_responses_are_skipped_and_never_leak(raw_backend, proxy, server):
+def test_interim_responses_are_skipped_and_never_leak(raw_backend, start_proxy, server):
     backend = raw_backend(early_hints_backend)
-    p = proxy({DOMAIN: [backend.port]}, server=server)
+    p = start_proxy({DOMAIN: [backend.port]}, server=server)
     with session() as s:
         for rid in ("first", "second", "third"):
             r = s.get(p.url("/proxy/x"), headers={"Host": DOMAIN, "X-Request-ID": rid})
@@ -57,7 +57,7 @@ def test_interim_responses_are_skipped_and_never_leak(raw_backend, proxy, server
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_response_is_streamed_as_it_arrives(backend, proxy, server):
+def test_response_is_streamed_as_it_arrives(backend, start_proxy, server):
     release = threading.Event()
 
     def slow_body(seen):
@@ -67,7 +67,7 @@ def test_response_is_streamed_as_it_arrives(backend, proxy, server):
             yield b"second-part"
         return Reply(200, [], body())
 
-    p = proxy({DOMAIN: [backend(slow_body).port]}, server=server)
+    p = start_proxy({DOMAIN: [backend(slow_body).port]}, server=server)
     with socket.create_connection(("127.0.0.1", p.port), timeout=10) as sock:
         sock.sendall(f"GET /proxy/s HTTP/1.1\r\nHost: {DOMAIN}\r\n\r\n".encode())
         received = b""
@@ -80,7 +80,7 @@ def test_response_is_streamed_as_it_arrives(backend, proxy, server):
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_request_body_is_streamed_upstream(raw_backend, proxy, server):
+def test_request_body_is_streamed_upstream(raw_backend, start_proxy, server):
     started = threading.Event()
     total = 3 * 1024 * 1024
     got = {}
@@ -101,8 +101,8 @@ def test_request_body_is_streamed_upstream(raw_backend, proxy, server):
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
     b = raw_backend(counting)
-    p = proxy({DOMAIN: [b.port]}, server=server,
-              env={"MAX_REQUEST_BODY_BYTES": str(total)})
+    p = start_proxy({DOMAIN: [b.port]}, server=server,
+                    env={"MAX_REQUEST_BODY_BYTES": str(total)})
     with socket.create_connection(("127.0.0.1", p.port), timeout=10) as sock:
         sock.sendall(f"POST /proxy/up HTTP/1.1\r\nHost: {DOMAIN}\r\n"
                      f"Content-Length: {total}\r\n\r\n".encode() + b"a" * (1024 * 1024))
@@ -122,7 +122,7 @@ def _rss_and_peak(pid: int) -> tuple[int, int]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("server", SERVERS)
-def test_a_200_mib_response_raises_memory_by_under_50_mib(backend, proxy, server):
+def test_a_200_mib_response_raises_memory_by_under_50_mib(backend, start_proxy, server):
     size = 200 * 1024 * 1024
     block = b"z" * 65536
 
@@ -130,7 +130,7 @@ def test_a_200_mib_response_raises_memory_by_under_50_mib(backend, proxy, server
         n = int(seen.target.rsplit("=", 1)[1])
         return Reply(200, [("Content-Length", str(n))], (block for _ in range(n // 65536)))
 
-    p = proxy({DOMAIN: [backend(big).port]}, server=server)
+    p = start_proxy({DOMAIN: [backend(big).port]}, server=server)
     with session() as s:
         s.get(p.url("/proxy/big?n=655360"), headers={"Host": DOMAIN}).raise_for_status()
         [pid] = p.worker_pids()
@@ -145,11 +145,11 @@ def test_a_200_mib_response_raises_memory_by_under_50_mib(backend, proxy, server
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_client_going_away_closes_the_upstream_connection(backend, proxy, server):
+def test_client_going_away_closes_the_upstream_connection(backend, start_proxy, server):
     block = b"q" * 65536
     endless = backend(lambda seen: Reply(200, [("Content-Length", str(1 << 40))],
                                          (block for _ in range(1 << 24))))
-    p = proxy({DOMAIN: [endless.port]}, server=server)
+    p = start_proxy({DOMAIN: [endless.port]}, server=server)
     with socket.create_connection(("127.0.0.1", p.port), timeout=10) as sock:
         sock.sendall(f"GET /proxy/endless HTTP/1.1\r\nHost: {DOMAIN}\r\n\r\n".encode())
         received = 0
@@ -161,8 +161,8 @@ def test_client_going_away_closes_the_upstream_connection(backend, proxy, server
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_unreachable_host_gives_502_json(proxy, server):
-    p = proxy({DOMAIN: [reserve_port()]}, server=server)
+def test_unreachable_host_gives_502_json(start_proxy, server):
+    p = start_proxy({DOMAIN: [reserve_port()]}, server=server)
     with session() as s:
         r = s.get(p.url("/proxy/x"), headers={"Host": DOMAIN})
     assert r.status_code == 502
