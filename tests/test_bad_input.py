@@ -4,20 +4,23 @@ most of these."""
 
 from __future__ import annotations
 
+import re
 import socket
 
 import pytest
 
 from support.net import raw_exchange, wait_until
-from support.proxy import proxy_in_front
+from support.proxy import SERVERS, proxy_in_front
 
 DOMAIN = "svc.test"
 LIMIT = 100_000
 OK = f"GET /proxy/ok HTTP/1.1\r\nHost: {DOMAIN}\r\n\r\n".encode()
 
 
-@pytest.fixture(scope="module", params=["pywsgi", "gunicorn"])
-def proxy(request, tmp_path_factory):
+@pytest.fixture(scope="module", params=SERVERS)
+def shared_proxy(request, tmp_path_factory):
+    """One running proxy, per server, for every test of this module (unlike the
+    per-test ``start_proxy`` factory): a test reads only its own part of the log."""
     with proxy_in_front(tmp_path_factory.mktemp(request.param), DOMAIN, backends=1,
                         server=request.param, env={"MAX_REQUEST_BODY_BYTES": str(LIMIT)}) as p:
         p.backend = p.backends[0]
@@ -69,21 +72,21 @@ BAD = [
 
 
 @pytest.mark.parametrize(("data", "statuses"), BAD)
-def test_bad_request_gets_json_error_and_reaches_no_host(proxy, data, statuses):
-    before = proxy.backend.count
-    [resp] = raw_exchange(proxy.port, data, methods=["GET"])
+def test_bad_request_gets_json_error_and_reaches_no_host(shared_proxy, data, statuses):
+    before = shared_proxy.backend.count
+    [resp] = raw_exchange(shared_proxy.port, data, methods=["GET"])
     assert resp.status in statuses, resp.head
     assert resp.header("Content-Type") == "application/json"
     assert isinstance(resp.json()["error"], str)
-    assert proxy.backend.count == before
-    assert not any(s.has("X-Injected") for s in proxy.backend.seen)
-    [after] = raw_exchange(proxy.port, OK)
+    assert shared_proxy.backend.count == before
+    assert not any(s.has("X-Injected") for s in shared_proxy.backend.seen)
+    [after] = raw_exchange(shared_proxy.port, OK)
     assert after.status == 200
 
 
-def test_body_over_limit_by_length_gets_413_before_it_is_sent(proxy):
-    before = proxy.backend.count
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+def test_body_over_limit_by_length_gets_413_before_it_is_sent(shared_proxy):
+    before = shared_proxy.backend.count
+    with socket.create_connection(("127.0.0.1", shared_proxy.port), timeout=10) as sock:
         sock.sendall(req(f"POST /proxy/x HTTP/1.1\n{H}Content-Length: {LIMIT + 1}\n\n"))
         answer = b""  # no body is sent: the answer cannot be waiting for it
         while chunk := sock.recv(65536):  # the proxy closes after answering
@@ -91,43 +94,43 @@ def test_body_over_limit_by_length_gets_413_before_it_is_sent(proxy):
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert b'{"error": ' in answer
     assert b"Connection: close" in answer
-    assert proxy.backend.count == before
+    assert shared_proxy.backend.count == before
 
 
-def test_chunked_body_over_limit_gets_413(proxy):
-    before = proxy.backend.count
+def test_chunked_body_over_limit_gets_413(shared_proxy):
+    before = shared_proxy.backend.count
     chunk = b"%x\r\n%s\r\n" % (50_000, b"c" * 50_000)
-    [resp] = raw_exchange(proxy.port, req(f"POST /proxy/x HTTP/1.1\n{H}"
-                                          "Transfer-Encoding: chunked\n\n",
-                                          chunk * 3 + b"0\r\n\r\n"))
+    [resp] = raw_exchange(shared_proxy.port, req(f"POST /proxy/x HTTP/1.1\n{H}"
+                                                 "Transfer-Encoding: chunked\n\n",
+                                                 chunk * 3 + b"0\r\n\r\n"))
     assert resp.status == 413
     assert "error" in resp.json()
-    assert proxy.backend.count == before
+    assert shared_proxy.backend.count == before
 
 
-def test_body_at_the_limit_is_forwarded(proxy):
-    [resp] = raw_exchange(proxy.port, req(f"POST /proxy/x HTTP/1.1\n{H}"
-                                          f"Content-Length: {LIMIT}\n\n", b"l" * LIMIT))
+def test_body_at_the_limit_is_forwarded(shared_proxy):
+    [resp] = raw_exchange(shared_proxy.port, req(f"POST /proxy/x HTTP/1.1\n{H}"
+                                                 f"Content-Length: {LIMIT}\n\n", b"l" * LIMIT))
     assert resp.status == 200
-    assert proxy.backend.seen[-1].body == b"l" * LIMIT
+    assert shared_proxy.backend.seen[-1].body == b"l" * LIMIT
 
 
-def test_smuggled_second_request_is_never_forwarded(proxy):
-    before = proxy.backend.count
+def test_smuggled_second_request_is_never_forwarded(shared_proxy):
+    before = shared_proxy.backend.count
     smuggle = (b"POST /proxy/a HTTP/1.1\r\nHost: svc.test\r\nContent-Length: 4\r\n"
                b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
                b"GET /proxy/smuggled HTTP/1.1\r\nHost: svc.test\r\n\r\n")
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", shared_proxy.port), timeout=10) as sock:
         sock.sendall(smuggle)
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
     assert data.startswith(b"HTTP/1.1 400 ")
     assert data.count(b"\r\n\r\n") == 1  # one response, then the connection closed
-    assert proxy.backend.count == before
+    assert shared_proxy.backend.count == before
 
 
-# -- malformed chunked bodies (docs/bad-input.md): 400, Connection: close, one warning line ----------
+# -- malformed chunked bodies (docs/bad-input.md): 400, Connection: close, one warning line
 CHUNKED = f"POST /proxy/chunked HTTP/1.1\r\n{H.strip()}\r\nTransfer-Encoding: chunked\r\n\r\n"
 TAIL = b"GET /proxy/second HTTP/1.1\r\nHost: svc.test\r\n\r\n"  # must never be served
 MALFORMED_CHUNKS = [
@@ -157,24 +160,35 @@ def _send_and_read(port: int, data: bytes, half_close: bool = False) -> bytes:
     return answer
 
 
-def _malformed_body_warnings(proxy) -> list[str]:
-    return [line for line in proxy.log.splitlines() if "malformed request body" in line]
+def _malformed_body_warnings(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "malformed request body" in line]
+
+
+def _wait_logged(proxy, answer: bytes) -> None:
+    """Wait for the access line of the request ``answer`` answers: its handling, and
+    whatever it logged, is over. (The proxy is the module's: a test reads only the log
+    written since its own :meth:`~ProxyProcess.log_mark`, up to its own access line.)"""
+    rid = re.search(rb"\r\nX-Request-ID: ([^\r]+)\r\n", answer)
+    assert rid, answer[:300]
+    proxy.access(rid.group(1).decode())
 
 
 @pytest.mark.parametrize("body", MALFORMED_CHUNKS)
-def test_a_malformed_chunked_body_is_400_and_closes(proxy, body):
-    before, warnings = proxy.backend.count, len(_malformed_body_warnings(proxy))
-    answer = _send_and_read(proxy.port, CHUNKED.encode() + body + TAIL)
+def test_a_malformed_chunked_body_is_400_and_closes(shared_proxy, body):
+    before, mark = shared_proxy.backend.count, shared_proxy.log_mark()
+    answer = _send_and_read(shared_proxy.port, CHUNKED.encode() + body + TAIL)
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
     assert b"\r\nConnection: close\r\n" in answer
     assert b'{"error": "malformed request body' in answer
     assert answer.count(b"HTTP/1.1 ") == 1  # the rest is never read as a second request
-    assert proxy.backend.count == before
-    wait_until(lambda: len(_malformed_body_warnings(proxy)) == warnings + 1, 5, 0.02,
-               "one warning line")
-    assert '"level": "WARNING"' in _malformed_body_warnings(proxy)[-1]
-    assert "Traceback" not in proxy.log
-    [after] = raw_exchange(proxy.port, OK)
+    assert shared_proxy.backend.count == before
+    _wait_logged(shared_proxy, answer)
+    warnings = wait_until(lambda: _malformed_body_warnings(shared_proxy.log_since(mark)), 5,
+                          0.02, "the warning line")
+    assert len(warnings) == 1
+    assert '"level": "WARNING"' in warnings[0]
+    assert "Traceback" not in shared_proxy.log_since(mark)
+    [after] = raw_exchange(shared_proxy.port, OK)
     assert after.status == 200
 
 
@@ -183,10 +197,11 @@ def test_a_malformed_chunked_body_is_400_and_closes(proxy, body):
     pytest.param(b"5\r\nhello\r\n", id="no last chunk"),
     pytest.param(b"5\r", id="cut in a size line"),
 ])
-def test_a_truncated_chunked_body_is_400(proxy, body):
-    before = proxy.backend.count
-    answer = _send_and_read(proxy.port, CHUNKED.encode() + body, half_close=True)
+def test_a_truncated_chunked_body_is_400(shared_proxy, body):
+    before, mark = shared_proxy.backend.count, shared_proxy.log_mark()
+    answer = _send_and_read(shared_proxy.port, CHUNKED.encode() + body, half_close=True)
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
     assert b"\r\nConnection: close\r\n" in answer
-    assert proxy.backend.count == before
-    assert "Traceback" not in proxy.log
+    assert shared_proxy.backend.count == before
+    _wait_logged(shared_proxy, answer)
+    assert "Traceback" not in shared_proxy.log_since(mark)
