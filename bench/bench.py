@@ -37,9 +37,9 @@ from common import (
     REPO,
     Processes,
     WrkResult,
-    free_port,
     nginx_config,
     require,
+    reserve_port,
     routes_file,
     start_wsgiproxy,
     wait_port,
@@ -213,7 +213,7 @@ def main() -> int:
         (work / "tmp").mkdir()
         (work / "big.bin").write_bytes(os.urandom(1024 * 1024))
         os.chmod(work / "big.bin", 0o644)
-        backend_ports = [free_port() for _ in range(3)]
+        backend_ports = [reserve_port() for _ in range(3)]
 
         def start_backend(port: int) -> None:
             name = f"backend-{port}"
@@ -227,7 +227,7 @@ def main() -> int:
         for port in backend_ports:
             start_backend(port)
 
-        ports = {name: free_port() for name in
+        ports = {name: reserve_port() for name in
                  ("nginx", "nginx-cache", "hello", "wsgiproxy", "wsgiproxy-pywsgi")}
         servers = "\n    ".join(f"server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;"
                                 for p in backend_ports)

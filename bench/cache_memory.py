@@ -14,7 +14,7 @@ import argparse
 import http.client
 import threading
 
-from common import Processes, free_port, routes_file, sample_backend, start_wsgiproxy
+from common import Processes, reserve_port, routes_file, sample_backend, start_wsgiproxy
 
 DOMAIN = "bench.test"
 
@@ -35,9 +35,9 @@ def main() -> int:
     args = parser.parse_args()
 
     with Processes() as procs:
-        backend = free_port()
+        backend = reserve_port()
         sample_backend(procs, "backend", backend)
-        listen = free_port()
+        listen = reserve_port()
         proxy = start_wsgiproxy(procs, "wsgiproxy", listen,
                                 routes_file(procs.workdir, listen, DOMAIN, [backend]),
                                 server="pywsgi",

@@ -6,8 +6,8 @@ throughput of wsgiproxy, its ceiling and nginx side by side, and their p50 and p
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -64,9 +64,12 @@ def draw(summary: dict, out: Path) -> None:
 
 
 def main() -> None:
-    source = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("reports/bench.json")
-    out = Path(sys.argv[2]) if len(sys.argv) > 2 else source.with_suffix(".png")
-    draw(json.loads(source.read_text()), out)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", nargs="?", type=Path, default=Path("reports/bench.json"))
+    parser.add_argument("out", nargs="?", type=Path, help="default: SOURCE with .png")
+    args = parser.parse_args()
+    out = args.out or args.source.with_suffix(".png")
+    draw(json.loads(args.source.read_text()), out)
     print(out)
 
 

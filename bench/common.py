@@ -1,7 +1,12 @@
 """Shared pieces of the benchmarks: processes started and stopped by PID, wrk runs.
 
-Everything listens on 127.0.0.1 on free ports; every process a benchmark starts is
+Everything listens on 127.0.0.1 on reserved ports; every process a benchmark starts is
 stopped by the PID it was given, whatever happens (``Processes`` is a context manager).
+
+The loopback helpers are the tests' own (tests/support/): ``reserve_port`` and
+``wait_port`` from support.net, the routes file from ``routes_yaml`` and the documented
+commands from ``server_argv`` in support.proxy. One implementation, kept right by the
+test suite, which runs far more often than the benchmarks do.
 """
 
 from __future__ import annotations
@@ -10,27 +15,23 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
+# tests/ is not a package: put it on the path, as pytest's pythonpath does for the tests.
+sys.path.insert(0, str(REPO / "tests"))
+from support.net import reserve_port, wait_port  # noqa: E402
+from support.proxy import routes_yaml, server_argv  # noqa: E402
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", 0))
-        s.listen(1)
-        port = s.getsockname()[1]
-        with socket.create_connection(("127.0.0.1", port)):
-            s.accept()[0].close()
-    return port
+__all__ = ["PYTHON", "REPO", "Processes", "WrkResult", "nginx_config", "require",
+           "reserve_port", "routes_file", "routes_yaml", "sample_backend", "start_wsgiproxy",
+           "wait_port", "wrk"]
 
 
 NGINX_CONF = """{load}
@@ -54,17 +55,6 @@ def nginx_config(workdir: Path, name: str, http: str, *, workers: int = 1,
     temporary files under ``workdir``, no access log, keep-alive without a request
     limit; ``http`` is the rest of the ``http`` block (servers, upstreams, caches)."""
     return NGINX_CONF.format(load=load, workers=workers, dir=workdir, name=name, http=http)
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
 
 
 def require(tool: str, package: str) -> str:
@@ -120,16 +110,9 @@ def sample_backend(procs: Processes, name: str, port: int) -> None:
 
 
 def routes_file(workdir: Path, listen: int, domain: str, ports: list[int]) -> Path:
-    hosts = "\n".join(f'        - {{address: "127.0.0.1", port: {p}}}' for p in ports)
+    """A routes file listening on ``listen``: one service, "bench", for ``domain``."""
     path = workdir / f"routes-{listen}.yaml"
-    path.write_text(f"""proxy:
-  listen: {{address: "127.0.0.1", port: {listen}}}
-  services:
-    - name: bench
-      domain: {domain}
-      hosts:
-{hosts}
-""")
+    path.write_text(routes_yaml(listen, {domain: {"hosts": ports, "name": "bench"}}))
     return path
 
 
@@ -137,11 +120,8 @@ def start_wsgiproxy(procs: Processes, name: str, port: int, routes: Path, *,
                     server: str = "gunicorn", workers: int = 2,
                     env: dict[str, str] | None = None) -> subprocess.Popen:
     env = {"CONFIGURATION_FILENAME": str(routes), "METRICS_ADDR": "", **(env or {})}
-    if server == "gunicorn":  # the documented command, from the project root
-        argv = [PYTHON, "-m", "gunicorn", "-k", "gevent", "-w", str(workers), "wsgiproxy:app"]
-    else:
-        argv = [PYTHON, "-m", "wsgiproxy"]
-    return procs.start(name, argv, env=env, port=port)
+    # The documented command, from the project root; it listens where the routes say.
+    return procs.start(name, server_argv(server, workers=workers), env=env, port=port)
 
 
 @dataclass

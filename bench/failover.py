@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 
-from common import Processes, free_port, routes_file, sample_backend, start_wsgiproxy, wrk
+from common import Processes, reserve_port, routes_file, sample_backend, start_wsgiproxy, wrk
 
 DOMAIN = "bench.test"
 
@@ -27,10 +27,10 @@ def main() -> int:
     args = parser.parse_args()
 
     with Processes() as procs:
-        ports = [free_port() for _ in range(3)]
+        ports = [reserve_port() for _ in range(3)]
         for i, port in enumerate(ports):
             sample_backend(procs, f"backend{i}", port)
-        listen = free_port()
+        listen = reserve_port()
         start_wsgiproxy(procs, "wsgiproxy", listen,
                         routes_file(procs.workdir, listen, DOMAIN, ports),
                         workers=args.workers)

@@ -19,7 +19,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from common import Processes, free_port, start_wsgiproxy
+from common import Processes, reserve_port, routes_yaml, start_wsgiproxy
 
 DOMAIN = "herd.bench"
 
@@ -94,15 +94,10 @@ def main() -> int:
     host.daemon_threads = True
     threading.Thread(target=host.serve_forever, daemon=True).start()
     with Processes() as procs:
-        port = free_port()
+        port = reserve_port()
         routes = procs.workdir / "routes.yaml"
-        routes.write_text(f"""proxy:
-  listen: {{address: 127.0.0.1, port: {port}}}
-  services:
-    - name: herd
-      domain: {DOMAIN}
-      hosts: [{{address: 127.0.0.1, port: {host.server_address[1]}}}]
-""")
+        routes.write_text(routes_yaml(port, {DOMAIN: {"hosts": [host.server_address[1]],
+                                                       "name": "herd"}}))
         start_wsgiproxy(procs, "wsgiproxy", port, routes, workers=args.workers,
                         env={"WORKER_CONNECTIONS": str(args.clients + 50)})
         for round_ in range(1, args.rounds + 1):

@@ -7,9 +7,9 @@ summed by the package whose code was running (self time), idle threads left out.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import re
-import sys
 
 LAYERS = [  # first match wins: (layer, pattern on the frame's file)
     ("idle (gevent's resolver thread)", r"gevent/_threading\.py"),
@@ -47,4 +47,6 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("profile", help="py-spy's raw samples (record -f raw)")
+    main(parser.parse_args().profile)

@@ -14,9 +14,10 @@ import sys
 import trustme
 from common import (
     Processes,
-    free_port,
     nginx_config,
     require,
+    reserve_port,
+    routes_yaml,
     start_wsgiproxy,
     wait_port,
     wrk,
@@ -50,7 +51,7 @@ def main() -> int:
             for blob in leaf.cert_chain_pems:
                 f.write(blob.bytes())
         ca.cert_pem.write_to_path(str(work / "ca.pem"))
-        plain, tls, proxy = free_port(), free_port(), free_port()
+        plain, tls, proxy = reserve_port(), reserve_port(), reserve_port()
         (work / "nginx.conf").write_text(nginx_config(
             work, "tls-nginx", NGINX_HTTP.format(dir=work, plain=plain, tls=tls,
                                                  body="x" * 100)))
@@ -58,17 +59,11 @@ def main() -> int:
                     port=plain)
         wait_port(tls)
         routes = work / "routes.yaml"
-        routes.write_text(f"""proxy:
-  listen: {{address: 127.0.0.1, port: {proxy}}}
-  services:
-    - name: plain
-      domain: plain.bench
-      hosts: [{{address: 127.0.0.1, port: {plain}}}]
-    - name: tls
-      domain: tls.bench
-      tls: {{ca_file: {work / 'ca.pem'}, server_name: hosts.bench}}
-      hosts: [{{address: 127.0.0.1, port: {tls}}}]
-""")
+        routes.write_text(routes_yaml(proxy, {
+            "plain.bench": {"hosts": [plain], "name": "plain"},
+            "tls.bench": {"hosts": [tls], "name": "tls",
+                          "tls": {"ca_file": str(work / "ca.pem"), "server_name": "hosts.bench"}},
+        }))
         start_wsgiproxy(procs, "wsgiproxy", proxy, routes, workers=args.workers)
         url = f"http://127.0.0.1:{proxy}/proxy/small"
         results: dict[str, list] = {"plain": [], "tls": []}

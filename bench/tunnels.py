@@ -21,7 +21,7 @@ import threading
 import time
 
 import psutil
-from common import Processes, free_port, routes_file, start_wsgiproxy
+from common import Processes, reserve_port, routes_file, start_wsgiproxy
 from websockets.asyncio.server import serve
 
 DOMAIN = "ws.bench"
@@ -77,7 +77,7 @@ def main() -> int:
     logging.getLogger("websockets").setLevel(logging.CRITICAL)  # clients leave unannounced
     backend = echo_server()
     with Processes() as procs:
-        port = free_port()
+        port = reserve_port()
         routes = routes_file(procs.workdir, port, DOMAIN, [backend])
         proc = start_wsgiproxy(procs, "wsgiproxy", port, routes, server=args.server,
                                workers=1, env={"WORKER_CONNECTIONS": str(args.tunnels + 100)})
