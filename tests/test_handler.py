@@ -32,16 +32,19 @@ class FakeUpstream:
     responses: list = field(default_factory=list)
     requests: list = field(default_factory=list)
 
-    def send(self, service, request, log):
+    def channel(self, service, policy):
+        return service
+
+    def retire(self, domains):
+        pass
+
+    def send(self, service, host, request, log):
         self.requests.append((service, request))
         log.attempted("127.0.0.1:9", "response", 200)
         answer = self.responses.pop(0)
         if isinstance(answer, Exception):
             raise answer
         return answer
-
-    def update(self, services):
-        pass
 
     def close(self):
         pass

@@ -220,7 +220,7 @@ def test_compose_services_point_at_each_other():
     assert {"wsgiproxy", "backend-1", "backend-2", "backend-3", "redis", "prometheus",
             "alertmanager", "grafana"} <= set(services)
     proxy_env = services["wsgiproxy"]["environment"]
-    assert proxy_env["CACHE_URL"] == "redis://redis:6379/0"
+    assert proxy_env["CACHE_URL"].endswith("@redis:6379/0")  # password: test_deploy.py
     # the routes file sends traffic to the backends on the ports their commands use
     routes = parse_routes(yaml.safe_load((REPO / proxy_env["CONFIGURATION_FILENAME"][5:])
                                          .read_text()), "compose routes")
@@ -230,7 +230,7 @@ def test_compose_services_point_at_each_other():
     # Prometheus scrapes the proxy's metrics port; Grafana reads that Prometheus
     [job] = yaml.safe_load((PROM / "prometheus.yml").read_text())["scrape_configs"]
     assert job["static_configs"][0]["targets"] == ["wsgiproxy:8090"]
-    assert "8090:8090" in services["wsgiproxy"]["ports"]
+    assert "127.0.0.1:8090:8090" in services["wsgiproxy"]["ports"]
     datasource = yaml.safe_load((REPO / "config/grafana/provisioning/datasources/"
                                  "prometheus.yml").read_text())["datasources"][0]
     assert datasource["url"] == "http://prometheus:9090"
@@ -241,7 +241,7 @@ def test_compose_services_point_at_each_other():
     [alertmanagers] = prometheus["alerting"]["alertmanagers"]
     assert alertmanagers["static_configs"][0]["targets"] == ["alertmanager:9093"]
     alertmanager = services["alertmanager"]
-    assert "9093:9093" in alertmanager["ports"]
+    assert "127.0.0.1:9093:9093" in alertmanager["ports"]
     [volume] = alertmanager["volumes"]
     source, target = volume.split(":")[:2]
     assert (REPO / source).resolve() == ALERTMANAGER_CONFIG.parent

@@ -9,12 +9,27 @@ import pytest
 
 from wsgiproxy.balancer import RoundRobin
 from wsgiproxy.errors import BadRequest, NotFound
-from wsgiproxy.router import Router
-from wsgiproxy.routes_file import Backend, Service
+from wsgiproxy.route_table import RouteTable
+from wsgiproxy.router import parse_host
+from wsgiproxy.routes_file import Backend, Endpoint, Routes, Service
+from wsgiproxy.settings import load_settings
 
 A = Service("a", "a.example", (Backend("127.0.0.1", 1),))
 B = Service("b", "b.example", (Backend("127.0.0.1", 2),))
-router = Router([A, B])
+
+
+class NoChannels:
+    """Route-table tests need no upstream: a service's channel is the service itself."""
+
+    def channel(self, service, policy):
+        return service
+
+    def retire(self, domains):
+        pass
+
+
+router = RouteTable.build(Routes(Endpoint("127.0.0.1", 1), (A, B)),
+                          load_settings(lambda name, default=None: default), NoChannels())
 
 
 @pytest.mark.parametrize(("host", "target", "service", "forwarded"), [
@@ -33,7 +48,7 @@ router = Router([A, B])
 ])
 def test_resolve(host, target, service, forwarded):
     match = router.resolve(host, target)
-    assert (match.service, match.target) == (service, forwarded)
+    assert (match.route.service, match.target) == (service, forwarded)
 
 
 @pytest.mark.parametrize(("host", "target", "error"), [
@@ -45,15 +60,41 @@ def test_resolve(host, target, service, forwarded):
     pytest.param("a.example.evil", "/proxy/x", NotFound, id="suffix of a domain"),
     pytest.param("a.example", "http://elsewhere.example/proxy/x", NotFound,
                  id="absolute-form to an unknown host"),
-    pytest.param("a.example", "http://user@elsewhere/proxy/x", NotFound,
-                 id="userinfo is not the host"),
+    pytest.param("a.example", "http://user@a.example/proxy/x", BadRequest,
+                 id="userinfo in an absolute-form target"),
     pytest.param("a.example", "*", NotFound, id="asterisk-form"),
     pytest.param("a.example", "ftp://a.example/proxy/x", BadRequest, id="other scheme"),
     pytest.param(None, "/proxy/x", BadRequest, id="no Host"),
+    pytest.param("", "/proxy/x", BadRequest, id="empty Host"),
+    pytest.param("a.example:@evil.example", "/proxy/x", BadRequest, id="userinfo-like port"),
+    pytest.param("evil@a.example", "/proxy/x", BadRequest, id="userinfo"),
+    pytest.param("[a.example]:x", "/proxy/x", BadRequest, id="bracketed name"),
+    pytest.param("a.example:80:80", "/proxy/x", BadRequest, id="two ports"),
+    pytest.param("a.example:", "/proxy/x", BadRequest, id="empty port"),
+    pytest.param("a.example:123456", "/proxy/x", BadRequest, id="six-digit port"),
+    pytest.param("a.example x", "/proxy/x", BadRequest, id="space"),
+    pytest.param("a..example", "/proxy/x", BadRequest, id="empty label"),
+    pytest.param("a.example/x", "/proxy/x", BadRequest, id="slash"),
+    pytest.param("[::1", "/proxy/x", BadRequest, id="unclosed IPv6"),
+    pytest.param("[1.2.3.4]", "/proxy/x", BadRequest, id="IPv4 in brackets"),
 ])
 def test_resolve_refuses(host, target, error):
     with pytest.raises(error):
         router.resolve(host, target)
+
+
+@pytest.mark.parametrize(("host", "normalized"), [
+    pytest.param("a.example", "a.example", id="plain"),
+    pytest.param("A.Example.", "a.example", id="case and trailing dot"),
+    pytest.param("a.example:80", "a.example", id="default port"),
+    pytest.param("a.example:8080", "a.example:8080", id="other port"),
+    pytest.param("10.0.0.1:80", "10.0.0.1", id="IPv4"),
+    pytest.param("[::1]:8080", "[::1]:8080", id="IPv6"),
+    pytest.param("[2001:DB8::1]", "[2001:db8::1]", id="IPv6 case"),
+])
+def test_parse_host_normalizes_for_the_cache_key(host, normalized):
+    parsed = parse_host(host)
+    assert (parsed.raw, parsed.normalized) == (host, normalized)
 
 
 HOSTS = tuple(Backend("127.0.0.1", p) for p in (1, 2, 3))

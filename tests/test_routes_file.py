@@ -1,4 +1,5 @@
-"""docs/routes-file.md: the routes file, validated into frozen dataclasses, or one line naming the field."""
+"""docs/routes-file.md: the routes file, validated into frozen dataclasses, or one line
+naming the field."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ import pytest
 
 from support.backends import Reply
 from wsgiproxy.exchange import CacheResult, Exchange
+from wsgiproxy.policy import resolve_policy
 from wsgiproxy.routes_file import Backend, Service
 from wsgiproxy.settings import load_settings
 from wsgiproxy.upstream import UpstreamClient, UpstreamRequest
@@ -23,30 +24,41 @@ def settings():
     return load_settings(lambda name, default=None: default)
 
 
-def test_the_session_is_where_adapters_are_found_and_it_works_as_a_session(backend, settings):
+def channels(client, settings, *services):
+    """A channel per service, as one routes load builds them; the others are retired."""
+    built = {s.domain: client.channel(s, resolve_policy(s, settings)) for s in services}
+    client.retire(list(built))
+    return built
+
+
+def test_the_session_is_where_adapters_are_found(backend, settings):
     a, b = backend(name="a"), backend(name="b")
     svc = service(a.port, b.port)
-    client = UpstreamClient(settings, [svc])
+    client = UpstreamClient(settings)
+    channel = channels(client, settings, svc)["svc.test"]
     adapter = client.session.get_adapter("http://svc.test/x")
     assert isinstance(adapter, ServiceAdapter)
+    assert adapter is channel.adapter
     assert adapter.service == svc
-    for _ in range(4):  # plain Session.get, round-robin over the service's hosts
-        assert client.session.get("http://svc.test/plain").status_code == 200
+    for _ in range(4):  # round-robin over the service's hosts
+        request = UpstreamRequest("GET", "/plain", {"Host": "svc.test"})
+        response = client.send(channel, "svc.test", request, Exchange("r", "GET", "/"))
+        b"".join(response.body)
+        response.body.close()
     assert (a.count, b.count) == (2, 2)
     client.close()
 
 
-def test_update_keeps_unchanged_services_and_replaces_changed_ones(backend, settings):
+def test_a_new_load_keeps_unchanged_services_and_replaces_changed_ones(backend, settings):
     a = backend()
     one, two = service(a.port), service(a.port, domain="two.test")
-    client = UpstreamClient(settings, [one, two])
-    kept = client.session.get_adapter("http://svc.test/")
-    replaced = client.session.get_adapter("http://two.test/")
+    client = UpstreamClient(settings)
+    first = channels(client, settings, one, two)
     changed = service(a.port, a.port + 1, domain="two.test")
-    client.update([one, changed])
-    assert client.session.get_adapter("http://svc.test/") is kept
-    assert client.session.get_adapter("http://two.test/") is not replaced
-    client.update([one])
+    second = channels(client, settings, one, changed)
+    assert second["svc.test"].adapter is first["svc.test"].adapter
+    assert second["two.test"].adapter is not first["two.test"].adapter
+    channels(client, settings, one)
     assert list(client.session.adapters) == ["http://svc.test/"]
     client.close()
 
@@ -55,17 +67,40 @@ def test_send_returns_one_value_with_the_body_as_it_arrives(backend, settings):
     b = backend(lambda seen: Reply(200, [("Cache-Control", "max-age=60"), ("X-A", "1"),
                                          ("Connection", "X-A")], b"body!"))
     svc = service(b.port)
-    client = UpstreamClient(settings, [svc])
+    client = UpstreamClient(settings)
+    channel = channels(client, settings, svc)["svc.test"]
     exchange = Exchange("rid", "GET", "/proxy/x")
     request = UpstreamRequest("GET", "/x", {"Host": "svc.test"})
-    response = client.send(svc, request, exchange)
+    response = client.send(channel, "svc.test", request, exchange)
     assert (response.status, response.reason, response.cache) == (200, "OK", CacheResult.MISS)
     assert not any(k.lower() in ("x-a", "connection") for k, _ in response.headers)
     assert b"".join(response.body) == b"body!"
     response.body.close()
     assert response.body.complete
     assert [(a.outcome, a.status) for a in exchange.attempts] == [("response", 200)]
-    again = client.send(svc, request, Exchange("rid2", "GET", "/proxy/x"))
+    again = client.send(channel, "svc.test", request, Exchange("rid2", "GET", "/proxy/x"))
     assert (again.cache, b"".join(again.body)) == (CacheResult.HIT, b"body!")
     assert b.count == 1
+    client.close()
+
+
+def test_the_cache_key_includes_the_host_as_forwarded(backend, settings):
+    """A host that echoes Host builds a different page per Host value: never shared."""
+    b = backend(lambda seen: Reply(200, [("Cache-Control", "max-age=60")],
+                                   seen.header("Host").encode()))
+    svc = service(b.port)
+    client = UpstreamClient(settings)
+    channel = channels(client, settings, svc)["svc.test"]
+
+    def get(host):
+        request = UpstreamRequest("GET", "/x", {"Host": host})
+        response = client.send(channel, host.lower(), request, Exchange("r", "GET", "/"))
+        body = b"".join(response.body)
+        response.body.close()
+        return response.cache, body
+
+    assert get("svc.test") == (CacheResult.MISS, b"svc.test")
+    assert get("svc.test:8080") == (CacheResult.MISS, b"svc.test:8080")
+    assert get("svc.test") == (CacheResult.HIT, b"svc.test")
+    assert b.count == 2
     client.close()

@@ -1,11 +1,20 @@
-"""The client's request body, as the proxy hands it to urllib3 (docs/forwarding.md, docs/bad-input.md).
+"""The client's request body, as the proxy hands it to urllib3 (docs/forwarding.md,
+docs/bad-input.md, docs/strangers.md).
 
 * ``Content-Length`` over MAX_REQUEST_BODY_BYTES: 413 at once, nothing read, no host
-  contacted. Up to :data:`SMALL_BODY_BYTES` the body is read whole (it can then be sent
-  again by a retry); larger ones stream through :class:`StreamedBody`.
-* ``Transfer-Encoding: chunked`` (the WSGI server de-chunks it): read up to the limit
-  first, since only then is its size known; forwarded with a ``Content-Length``.
+  contacted. Up to :data:`~wsgiproxy.limits.REPLAYABLE_BODY_BYTES` the body is read
+  whole (it can then be sent again by a retry); larger ones stream through
+  :class:`StreamedBody` with their ``Content-Length``.
+* ``Transfer-Encoding: chunked`` (the WSGI server de-chunks it): the first 64 KiB are
+  read; a body that ends there is forwarded whole with a ``Content-Length``; a longer
+  one streams on, chunked, as it arrives, and the moment it passes the limit the
+  client gets 413 and the upstream request is aborted. Memory per upload stays a few
+  pieces of 64 KiB, whatever its size.
 * Neither: no body (RFC 9112 §6.3).
+
+A client that pauses longer than CLIENT_BODY_TIMEOUT_SECONDS within its body (the
+servers set it as the socket's timeout) gets 408, and the upstream request it started
+is aborted.
 
 A streamed body can be sent once. urllib3 asks to rewind it before a retry;
 :class:`StreamedBody` agrees only while nothing has been read, which is exactly the
@@ -16,19 +25,16 @@ so a half-sent body is never resent as if it were whole.
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
-from .errors import BadRequest, BodyTooLarge, MalformedBody, ProxyError
+from .errors import BadRequest, BodyTooLarge, ClientTimeout, MalformedBody, ProxyError
+from .limits import IO_CHUNK_BYTES, REPLAYABLE_BODY_BYTES
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any, BinaryIO
 
-__all__ = ["SMALL_BODY_BYTES", "ClientBodyError", "StreamedBody", "read_request_body"]
-
-#: Bodies up to this size are read whole, so an idempotent retry can resend them.
-SMALL_BODY_BYTES: Final = 64 * 1024
-_READ_SIZE: Final = 64 * 1024
+__all__ = ["ClientBodyError", "StreamedBody", "read_request_body"]
 
 
 class ClientBodyError(OSError):
@@ -36,25 +42,41 @@ class ClientBodyError(OSError):
 
 
 class StreamedBody(io.RawIOBase):
-    """A read-once view of the next ``length`` bytes of ``wsgi.input`` for urllib3."""
+    """A read-once view of the rest of ``wsgi.input`` for urllib3.
 
-    def __init__(self, stream: BinaryIO, length: int) -> None:
+    :param length: the body's Content-Length; None for a chunked body, which ends when
+        the server's de-chunking reader does.
+    :param head: bytes of the body already read.
+    :param limit: MAX_REQUEST_BODY_BYTES, for a body whose length was not declared.
+    """
+
+    def __init__(self, stream: BinaryIO, length: int | None, head: bytes = b"",
+                 limit: int = 0) -> None:
         super().__init__()
         self._stream = stream
         self._left = length
+        self._head = head
+        self._limit = limit
         self._pos = 0
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int | None = -1) -> bytes:
-        if self._left <= 0:
+        want = IO_CHUNK_BYTES if size is None or size < 0 else size
+        if self._head:
+            data, self._head = self._head[:want], self._head[want:]
+        elif self._left is None:  # chunked: until the reader's end
+            data = _read(self._stream, want)
+            if self._pos + len(data) > self._limit:
+                raise BodyTooLarge(f"request body is over the {self._limit}-byte limit")
+        elif self._left <= 0:
             return b""
-        want = self._left if size is None or size < 0 else min(size, self._left)
-        data = _read(self._stream, want)
-        if not data:
-            raise ClientBodyError(f"request body ended {self._left} bytes early")
-        self._left -= len(data)
+        else:
+            data = _read(self._stream, min(want, self._left))
+            if not data:
+                raise ClientBodyError(f"request body ended {self._left} bytes early")
+            self._left -= len(data)
         self._pos += len(data)
         return data
 
@@ -68,42 +90,51 @@ class StreamedBody(io.RawIOBase):
 
 
 def _read(stream: BinaryIO, size: int) -> bytes:
-    """``stream.read(size)``; whatever the server's body reader raises (gunicorn's
-    ``InvalidChunkSize``, pywsgi's ``_InvalidClientInput``, ``NoMoreData``, ...) is the
-    client's malformed body, answered 400, never a 500."""
+    """``stream.read(size)``. A pause longer than the body timeout is 408; whatever else
+    the server's body reader raises (gunicorn's ``InvalidChunkSize``, pywsgi's
+    ``_InvalidClientInput``, ``NoMoreData``, ...) is the client's malformed body,
+    answered 400, never a 500."""
     try:
         return stream.read(size)
     except ProxyError:
         raise
+    except TimeoutError:
+        raise ClientTimeout("the client paused too long within its request body",
+                            phase="body") from None
     except Exception as exc:
         raise MalformedBody(f"malformed request body: {exc}") from None
 
 
-def _read_all(stream: BinaryIO, limit: int) -> bytes:
+def _read_up_to(stream: BinaryIO, size: int) -> bytes:
+    """Up to ``size`` bytes, fewer only at the body's end."""
     chunks: list[bytes] = []
     total = 0
-    while True:
-        chunk = _read(stream, min(_READ_SIZE, limit + 1 - total))
+    while total < size:
+        chunk = _read(stream, min(IO_CHUNK_BYTES, size - total))
         if not chunk:
-            return b"".join(chunks)
+            break
         total += len(chunk)
-        if total > limit:
-            raise BodyTooLarge(f"request body is over the {limit}-byte limit")
         chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def read_request_body(
     environ: Mapping[str, Any], limit: int
 ) -> tuple[bytes | StreamedBody | None, int | None]:
-    """(body, its length) to forward; raises 413 or 400 before any host is contacted."""
+    """(body, its length; None when it streams chunked) to forward; raises 413 or 400
+    before any host is contacted when that can be known by then."""
     stream = environ["wsgi.input"]
     if environ.get("HTTP_TRANSFER_ENCODING"):
         # The server accepted the coding (only chunked is), and already rejected it
         # beside a Content-Length; check again in case another server runs the app.
         if environ.get("CONTENT_LENGTH"):
             raise BadRequest("both Content-Length and Transfer-Encoding")
-        body = _read_all(stream, limit)
-        return body, len(body)
+        head = _read_up_to(stream, min(limit, REPLAYABLE_BODY_BYTES) + 1)
+        if len(head) > limit:
+            raise BodyTooLarge(f"request body is over the {limit}-byte limit")
+        if len(head) <= REPLAYABLE_BODY_BYTES:
+            return head, len(head)
+        return StreamedBody(stream, None, head, limit), None
     raw_length = environ.get("CONTENT_LENGTH")
     if not raw_length:
         return None, None
@@ -112,7 +143,7 @@ def read_request_body(
     length = int(raw_length)
     if length > limit:
         raise BodyTooLarge(f"request body of {length} bytes is over the {limit}-byte limit")
-    if length <= SMALL_BODY_BYTES:
+    if length <= REPLAYABLE_BODY_BYTES:
         body = _read(stream, length) if length else b""
         if len(body) != length:
             raise BadRequest(f"request body ended {length - len(body)} bytes early")

@@ -19,6 +19,7 @@ __all__ = [
     "BadGateway",
     "BadRequest",
     "BodyTooLarge",
+    "ClientTimeout",
     "ConfigError",
     "ErrorResponse",
     "HeadersTooLarge",
@@ -30,6 +31,7 @@ __all__ = [
     "NotFound",
     "NotImplementedByProxy",
     "ProxyError",
+    "TooManyTunnels",
     "URITooLong",
     "UpstreamTimeout",
     "error_for_status",
@@ -104,6 +106,26 @@ class HeadersTooLarge(ProxyError):
     close_connection = True
 
 
+class ClientTimeout(ProxyError):
+    """The client took too long to send its request's header section or paused too
+    long within its body (docs/strangers.md)."""
+
+    status = HTTPStatus.REQUEST_TIMEOUT
+    close_connection = True
+    log_level = logging.INFO
+
+    def __init__(self, message: str, phase: str = "header") -> None:
+        super().__init__(message)
+        #: ``header`` or ``body``: the label of ``proxy_client_timeouts_total{phase}``.
+        self.phase = phase
+
+
+class TooManyTunnels(ProxyError):
+    """MAX_TUNNELS upgraded connections are open in this worker already."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
 class URITooLong(BadRequest):
     """A request line longer than the server's limit."""
 
@@ -147,8 +169,8 @@ class InternalError(ProxyError):
 
 
 _BY_STATUS: dict[int, type[ProxyError]] = {
-    400: BadRequest, 404: NotFound, 405: MethodNotAllowed, 413: BodyTooLarge,
-    414: URITooLong, 431: HeadersTooLarge, 501: NotImplementedByProxy,
+    400: BadRequest, 404: NotFound, 405: MethodNotAllowed, 408: ClientTimeout,
+    413: BodyTooLarge, 414: URITooLong, 431: HeadersTooLarge, 501: NotImplementedByProxy,
 }
 
 

@@ -12,20 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["Attempt", "CacheResult", "Exchange", "Outcome"]
-
-
-class Outcome:
-    """Labels of ``proxy_upstream_attempts_total{outcome}``: a small, fixed set."""
-
-    RESPONSE: Final = "response"  # the host answered (any status but those below)
-    RETRYABLE_STATUS: Final = "retryable_status"  # 502/503/504 from the host
-    REFUSED: Final = "refused"  # connection refused: the request never left
-    CONNECT_TIMEOUT: Final = "connect_timeout"  # likewise never sent
-    TLS_ERROR: Final = "tls_error"  # TLS handshake or certificate check failed: never sent
-    READ_TIMEOUT: Final = "read_timeout"
-    RESET: Final = "reset"  # connection broken after the request was sent
-    INVALID_RESPONSE: Final = "invalid_response"  # not HTTP, or not parseable
+__all__ = ["Attempt", "CacheResult", "Exchange"]
 
 
 class CacheResult:
@@ -42,7 +29,7 @@ class CacheResult:
 @dataclass(slots=True)
 class Attempt:
     host: str  # "address:port" as in the routes file
-    outcome: str
+    outcome: str  # a wsgiproxy.upstream.failures.Outcome
     status: int = 0
 
 
@@ -81,10 +68,11 @@ class Exchange:
         """A response head arrived; the last one counts (it is the one served)."""
         self.answered_at = at
 
-    def broke_off(self) -> None:
-        """The last attempt's host sent a response head, then failed before its body."""
+    def broke_off(self, outcome: str) -> None:
+        """The last attempt's host sent a response head, then failed before its body:
+        that attempt ended with ``outcome`` after all."""
         if self.attempts:
-            self.attempts[-1].outcome = Outcome.RESET
+            self.attempts[-1].outcome = outcome
 
     @property
     def upstream_host(self) -> str:

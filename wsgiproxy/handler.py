@@ -19,20 +19,27 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+import weakref
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import quote
 
 from prometheus_client import REGISTRY
 
 from .bodies import read_request_body
-from .errors import InternalError, ProxyError, error_response, status_line
+from .errors import (
+    ClientTimeout,
+    InternalError,
+    ProxyError,
+    TooManyTunnels,
+    error_response,
+    status_line,
+)
 from .exchange import CacheResult, Exchange
+from .forwarded import Trust
 from .headers import check_header_size, request_id, upstream_headers, websocket_upgrade
 from .logs import AccessLog, configure_logging
 from .metrics import Metrics
-from .policy import ServicePolicy, resolve_policy
-from .router import Router
+from .route_table import RouteTable
 from .routes_file import Routes, load_routes
 from .settings import Settings, load_settings
 from .tunnel import Relay, TunnelBody
@@ -44,8 +51,9 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
     from prometheus_client import CollectorRegistry
 
+    from .policy import ServicePolicy
     from .routes_file import Service
-    from .upstream import Body, UpstreamResponse
+    from .upstream import Body, Channel, UpstreamResponse
     from .upstream.transport import AttemptLog
 
 __all__ = ["ProxyApp", "Upstream", "create_app", "raw_target"]
@@ -60,10 +68,12 @@ _X_CACHE = {CacheResult.HIT: "HIT", CacheResult.REVALIDATED: "HIT",
 class Upstream(Protocol):
     """What the app needs of the upstream client (tests hand it their own)."""
 
-    def send(self, service: Service, request: UpstreamRequest,
-             log: AttemptLog) -> UpstreamResponse: ...
+    def channel(self, service: Service, policy: ServicePolicy) -> Channel: ...
 
-    def update(self, services: Iterable[Service]) -> None: ...
+    def retire(self, domains: list[str]) -> None: ...
+
+    def send(self, channel: Channel, host: str, request: UpstreamRequest,
+             log: AttemptLog) -> UpstreamResponse: ...
 
     def close(self) -> None: ...
 
@@ -134,19 +144,6 @@ class Delivery:
             self._on_close()
 
 
-@dataclass(frozen=True, slots=True)
-class Routing:
-    """The routes in use: which service a request is for, and what applies to it."""
-
-    router: Router
-    policies: dict[str, ServicePolicy]  # by domain
-
-    @classmethod
-    def of(cls, routes: Routes, settings: Settings) -> Routing:
-        return cls(Router(routes.services),
-                   {s.domain: resolve_policy(s, settings) for s in routes.services})
-
-
 class ProxyApp:
     """The proxy as a WSGI callable.
 
@@ -161,20 +158,34 @@ class ProxyApp:
     class carries; anything else is a bug, logged with its traceback, answered 500.
     """
 
+    #: The apps built in this process, for the servers' reload and shutdown hooks
+    #: (which must find the app even when a WSGI middleware wraps it).
+    _instances: ClassVar[weakref.WeakSet[ProxyApp]] = weakref.WeakSet()
+
     def __init__(self, settings: Settings, routes: Routes, upstream: Upstream,
                  metrics: Metrics | None = None,
                  access_log: Callable[[Exchange, float], None] | None = None) -> None:
         self.settings = settings
-        self.routing = Routing.of(routes, settings)
         self.upstream = upstream
         self.metrics = metrics
         self.access_log = access_log or AccessLog()
+        self.trust = Trust(settings.trusted_proxies)
+        self._tunnels = 0  # open (or opening) upgraded connections
+        self.table = RouteTable.build(routes, settings, upstream)
+        ProxyApp._instances.add(self)
+
+    @classmethod
+    def instances(cls) -> list[ProxyApp]:
+        """The proxy apps built in this process so far."""
+        return list(cls._instances)
 
     def __call__(self, environ: WSGIEnvironment,
                  start_response: StartResponse) -> Iterable[bytes]:
+        peer = environ.get("REMOTE_ADDR", "")
         exchange = Exchange(request_id=request_id(environ.get("HTTP_X_REQUEST_ID")),
                             method=environ["REQUEST_METHOD"], path=raw_target(environ),
-                            client=environ.get("REMOTE_ADDR", ""))
+                            client=self.trust.client(peer,
+                                                     environ.get("HTTP_X_FORWARDED_FOR")))
         if self.metrics is not None:
             self.metrics.started()
         try:
@@ -182,6 +193,8 @@ class ProxyApp:
         except ProxyError as error:
             logger.log(error.log_level, "request %s from %s: %s %s", exchange.request_id,
                        exchange.client, error.status.value, error.message)
+            if isinstance(error, ClientTimeout):
+                self.client_timed_out(error.phase)
             return self._error(start_response, error, exchange)
         except Exception:
             logger.exception("request %s: unexpected error", exchange.request_id)
@@ -191,13 +204,14 @@ class ProxyApp:
     def _proxy(self, environ: WSGIEnvironment, start_response: StartResponse,
                exchange: Exchange) -> Iterable[bytes]:
         check_header_size(environ)
-        routing = self.routing  # one read: this request is served by one set of routes
-        match = routing.router.resolve(environ.get("HTTP_HOST"), exchange.path)
-        exchange.service, exchange.target = match.service.name, match.target
-        policy = routing.policies[match.service.domain]
-        body, length = read_request_body(environ, policy.max_request_body_bytes)
+        table = self.table  # one read: this request is served by one set of routes
+        match = table.resolve(environ.get("HTTP_HOST"), exchange.path)
+        route = match.route
+        exchange.service, exchange.target = route.service.name, match.target
+        body, length = read_request_body(environ, route.policy.max_request_body_bytes)
         exchange.bytes_received = length or 0
-        to_host = upstream_headers(environ, match.host, exchange.request_id, length)
+        to_host = upstream_headers(environ, match.host.raw, exchange.request_id, length,
+                                   trusted=self.trust.trusts(environ.get("REMOTE_ADDR", "")))
         upgrade, client_socket = "", None
         if "HTTP_UPGRADE" in environ and websocket_upgrade(environ):
             # Both servers hand over the client's socket (the 101 and the bytes after it
@@ -206,11 +220,20 @@ class ProxyApp:
             if client_socket is not None:
                 upgrade = "websocket"
                 to_host.update({"Connection": "Upgrade", "Upgrade": environ["HTTP_UPGRADE"]})
-        response = self.upstream.send(
-            match.service, UpstreamRequest(exchange.method, match.target, to_host, body,
-                                           upgrade), exchange)
+                self._claim_tunnel()
+        try:
+            response = self.upstream.send(
+                route.channel, match.host.normalized,
+                UpstreamRequest(exchange.method, match.target, to_host, body, upgrade),
+                exchange)
+        except BaseException:
+            if upgrade:
+                self._tunnels -= 1
+            raise
         if response.upgraded is not None:
             return self._tunnel(start_response, exchange, response, client_socket)
+        if upgrade:
+            self._tunnels -= 1  # the host answered without switching protocols
         exchange.cache, exchange.status = response.cache, response.status
         headers = [*response.headers,
                    ("X-Cache", _X_CACHE.get(response.cache, "MISS")),
@@ -219,8 +242,8 @@ class ProxyApp:
         if response.cache == CacheResult.HIT:
             # A hit does no I/O, so this greenlet would not yield: under keep-alive load
             # it serves hit after hit while other connections wait. Yielding once
-            # (gevent.sleep(0) with the standard library patched) kept the hit path's
-            # p99 at 12 ms in make bench, against 31 ms without.
+            # (gevent.sleep(0) with the standard library patched) keeps the hit path's
+            # tail latency down (docs/performance.md).
             time.sleep(0)
         return Delivery(response.body, exchange, lambda: self._finished(exchange),
                         send_body=exchange.method != "HEAD")
@@ -239,6 +262,7 @@ class ProxyApp:
                 metrics.tunnel_opened(service)
 
         def closed(was_open: bool) -> None:
+            self._tunnels -= 1
             if was_open and metrics is not None:
                 metrics.tunnel_closed(service)
             self._finished(exchange)
@@ -246,6 +270,19 @@ class ProxyApp:
         relay = Relay(client_socket, response.upgraded,
                       self.settings.tunnel_idle_timeout_seconds)
         return TunnelBody(relay, exchange, write, opened, closed)
+
+    def _claim_tunnel(self) -> None:
+        """A place for one more tunnel in this worker, or 503 (MAX_TUNNELS): each holds
+        two connections and a greenlet for as long as its ends keep it open."""
+        if self._tunnels >= self.settings.max_tunnels:
+            raise TooManyTunnels(f"too many open tunnels ({self.settings.max_tunnels}); "
+                                 "try again later")
+        self._tunnels += 1
+
+    def client_timed_out(self, phase: str) -> None:
+        """Count a client that was too slow (the servers call it for header timeouts)."""
+        if self.metrics is not None:
+            self.metrics.client_timeout(phase)
 
     def _error(self, start_response: StartResponse, error: ProxyError,
                exchange: Exchange) -> Iterable[bytes]:
@@ -266,13 +303,13 @@ class ProxyApp:
             logger.exception("request %s: recording the request failed", exchange.request_id)
 
     def reload(self, routes: Routes) -> None:
-        """Serve ``routes`` from now on. Services that did not change keep their
-        adapters (connections, ejected hosts); their cached entries stay, being keyed by
-        domain. A request already routed finishes on what it was routed with."""
-        self.upstream.update(routes.services)
+        """Serve ``routes`` from now on: one new table, swapped in with one assignment.
+        Services that did not change keep their adapters (connections, ejected hosts);
+        their cached entries stay, the shared store outliving tables. A request already
+        routed finishes on the table it was routed with."""
         if self.metrics is not None:
             self.metrics.track(routes.services)
-        self.routing = Routing.of(routes, self.settings)  # a request sees old or new
+        self.table = RouteTable.build(routes, self.settings, self.upstream)
 
     def close(self) -> None:
         """Close the upstream connections and write out the buffered access log."""
@@ -291,6 +328,6 @@ def create_app(settings: Settings | None = None, routes: Routes | None = None,
     configure_logging(settings.log_level)
     routes = load_routes(settings.configuration_filename) if routes is None else routes
     metrics = Metrics(routes.services, registry or REGISTRY)
-    upstream = UpstreamClient(settings, routes.services, host_listener=metrics.host_state,
+    upstream = UpstreamClient(settings, host_listener=metrics.host_state,
                               cache_errors=metrics.cache_error)
     return ProxyApp(settings, routes, upstream, metrics)

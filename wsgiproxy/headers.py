@@ -1,8 +1,10 @@
 """Header rules at the two edges of the proxy (docs/forwarding.md).
 
 Towards the host: hop-by-hop headers (and any header the client's ``Connection`` names)
-are dropped; ``Host`` is kept as the client sent it; ``X-Forwarded-For`` gets the
-client's address appended; ``X-Forwarded-Host`` and ``X-Forwarded-Proto`` are set;
+are dropped; ``Host`` is kept as the client sent it (it was checked when routed);
+forwarding headers are believed only from a trusted peer (:mod:`wsgiproxy.forwarded`):
+``X-Forwarded-For`` gets the peer's address appended (or is set to it), and
+``X-Forwarded-Host`` and ``X-Forwarded-Proto`` are set unless a trusted peer sent them;
 ``X-Request-ID`` is the client's when it is sane, a new one otherwise.
 
 Towards the client: the same hop-by-hop rule, repeated headers kept as separate lines,
@@ -18,15 +20,17 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Final
 
 from .errors import BadGateway, BadRequest, HeadersTooLarge
+from .forwarded import UNTRUSTED_HEADERS
+from .http1 import FIELD_VALUE
+from .limits import MAX_HEADER_BYTES, MAX_HEADER_LINE_BYTES
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
+
 __all__ = [
     "HOP_BY_HOP",
-    "FIELD_VALUE",
-    "MAX_HEADER_BYTES",
-    "MAX_HEADER_LINE_BYTES",
+    "check_header_size",
     "client_headers",
     "connection_tokens",
     "request_id",
@@ -40,20 +44,14 @@ HOP_BY_HOP: Final = frozenset({
     "connection", "keep-alive", "proxy-connection", "proxy-authorization",
     "proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade",
 })
-_NOT_FORWARDED: Final = HOP_BY_HOP | {
-    "host", "expect", "x-forwarded-host", "x-forwarded-proto", "x-request-id",
-    "content-length",
-}
+#: Never forwarded as the client sent them: the proxy writes its own.
+_NOT_FORWARDED: Final = HOP_BY_HOP | {"host", "expect", "x-request-id", "content-length"}
+#: ... and from a peer that is not a trusted proxy, none of its forwarding claims.
+_NOT_FROM_STRANGERS: Final = _NOT_FORWARDED | UNTRUSTED_HEADERS
 
 _HOP_BY_HOP_AND_LENGTH: Final = HOP_BY_HOP | {"content-length"}
 
-MAX_HEADER_BYTES: Final = 64 * 1024
-MAX_HEADER_LINE_BYTES: Final = 8 * 1024
-
 _SANE_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-#: A valid field value: VCHAR, obs-text, SP and HTAB (RFC 9110 §5.5); never CR, LF,
-#: NUL or other controls.
-FIELD_VALUE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
 
 def request_id(client_value: str | None) -> str:
@@ -113,11 +111,18 @@ def upstream_headers(
     host: str,
     rid: str,
     content_length: int | None,
+    trusted: bool = False,
 ) -> dict[str, str]:
-    """The headers to send the host, in the client's order, ``Host`` first."""
+    """The headers to send the host, in the client's order, ``Host`` first.
+
+    :param trusted: the peer is a trusted proxy (:meth:`~wsgiproxy.forwarded.Trust.trusts`):
+        its forwarding headers are kept and appended to.
+    """
     headers: dict[str, str] = {"Host": host}
     listed = connection_tokens(environ.get("HTTP_CONNECTION"))
-    dropped = _NOT_FORWARDED | listed if listed else _NOT_FORWARDED
+    dropped = _NOT_FORWARDED if trusted else _NOT_FROM_STRANGERS
+    if listed:
+        dropped = dropped | listed
     for key, value in environ.items():
         if not key.startswith("HTTP_"):
             continue
@@ -137,8 +142,8 @@ def upstream_headers(
     remote = environ.get("REMOTE_ADDR", "")
     forwarded_for = headers.get("X-Forwarded-For")
     headers["X-Forwarded-For"] = f"{forwarded_for}, {remote}" if forwarded_for else remote
-    headers["X-Forwarded-Host"] = host
-    headers["X-Forwarded-Proto"] = environ.get("wsgi.url_scheme", "http")
+    headers.setdefault("X-Forwarded-Host", host)
+    headers.setdefault("X-Forwarded-Proto", environ.get("wsgi.url_scheme", "http"))
     headers["X-Request-ID"] = rid
     return headers
 

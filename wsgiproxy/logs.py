@@ -3,10 +3,10 @@
 The application log goes through ``logging`` with python-json-logger's formatter, so
 ``logger.exception`` tracebacks land in the same JSON stream. The access log does not:
 a line per request through ``logging`` (a record, handler locks, the formatter, a flush)
-cost 15 µs in isolation and ~55 µs per request under load, about a sixth of the proxy's
-CPU per request (``make bench``). :class:`AccessLog` serialises each line with
-``json.dumps`` and buffers them like nginx's ``access_log ... buffer= flush=``: written
-when 64 KiB have gathered or a second has passed, and at exit.
+cost a large share of the proxy's CPU per request (docs/performance.md).
+:class:`AccessLog` serialises each line with ``json.dumps`` and buffers them like
+nginx's ``access_log ... buffer= flush=``: written when 64 KiB have gathered or a second
+has passed, and at exit.
 
 Access line fields (see docs/metrics.md for their meaning)::
 

@@ -12,8 +12,8 @@ and the single metrics server in the master sums them (:func:`exposition`).
 
 Usage::
 
-    metrics = Metrics(services=["my-service"])
-    app = ProxyApp(settings, router, upstream, metrics)
+    metrics = Metrics(routes.services, CollectorRegistry())
+    app = ProxyApp(settings, routes, upstream, metrics)
 """
 
 from __future__ import annotations
@@ -83,7 +83,12 @@ class Metrics:
         self.cache = counter("proxy_cache_requests", "Cache lookups by result (hit, "
                              "revalidated, miss, stale, coalesced).", ["service", "result"])
         self.cache_errors = counter("proxy_cache_errors", "Failed operations of the "
-                                    "shared (Redis) cache.", ["operation"])
+                                    "shared (Redis) cache; decode: an entry that is not "
+                                    "one the proxy wrote, served as a miss.", ["operation"])
+        self.client_timeouts = counter(
+            "proxy_client_timeouts", "Client connections closed because the client was "
+            "too slow: its header section (phase=header) or a pause in its body "
+            "(phase=body).", ["phase"])
         self.host_up = Gauge("proxy_upstream_host_up", "1 while a host is in rotation, 0 "
                              "while it is ejected after refusing connections (the lowest "
                              "over live workers).", ["service", "host"], registry=registry,
@@ -95,8 +100,10 @@ class Metrics:
                              multiprocess_mode="livesum")
         self._children: dict[tuple[Any, ...], Any] = {}
         self.track(services)
-        for operation in ("get", "set", "delete"):
+        for operation in ("get", "set", "delete", "decode"):
             self.cache_errors.labels(operation)
+        for phase in ("header", "body"):
+            self.client_timeouts.labels(phase)
 
     def track(self, services: Iterable[Service]) -> None:
         """Start the series of these services (at start-up and for a reload's new ones):
@@ -149,6 +156,9 @@ class Metrics:
 
     def cache_error(self, operation: str) -> None:
         self._child(self.cache_errors, operation).inc()
+
+    def client_timeout(self, phase: str) -> None:
+        self._child(self.client_timeouts, phase).inc()
 
 
 class ReloadMetrics:

@@ -1,50 +1,77 @@
-"""Which service a request is for, and what target to send it.
+"""Reading what a request says about where it goes: its Host and its target
+(docs/routing.md, docs/strangers.md).
 
-Only targets under ``/proxy/`` are proxied; the prefix ``/proxy`` is cut and the rest of
-the raw target (path and query) is forwarded byte-for-byte: no decoding, re-encoding or
-normalising, so ``%2F`` stays ``%2F`` and ``/proxy/../x`` arrives as ``/../x``.
-
-The service comes from the ``Host`` header, compared case-insensitively without a
-``:port`` or trailing dot. An absolute-form target (``GET http://a.example/proxy/x``)
-names the host itself; RFC 9112 §3.2.2 says to use it instead of ``Host``. Either way
-only services from the routes file can match, so such a target is no way out.
+* :func:`parse_host` accepts a ``Host`` value only as ``uri-host [ ":" port ]``
+  (RFC 9110 §7.2): a registered name, an IPv4 address or a bracketed IPv6 literal, an
+  optional trailing dot, and a port of 1-5 digits. Anything else (``app.test:@evil``,
+  ``[app.test]:x``, ``app.test:80:80``, spaces, userinfo) is 400 before routing: a
+  host that builds links from Host would otherwise put the stranger's text in them,
+  and a cache would serve that to everyone.
+* :func:`split_target` cuts the proxy's prefix (``/proxy/``) off the raw target and
+  keeps the rest byte-for-byte: no decoding, re-encoding or normalising, so ``%2F``
+  stays ``%2F`` and ``/proxy/../x`` arrives as ``/../x``. An absolute-form target
+  (``GET http://a.example/proxy/x``) names the host itself; RFC 9112 §3.2.2 says to
+  use it instead of ``Host``. Either way only services from the routes file can
+  match, so such a target is no way out.
 """
 
 from __future__ import annotations
 
-import logging
+import ipaddress
+import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from .errors import BadRequest, NotFound
-from .routes_file import Service, normalize_domain
+from .routes_file import normalize_domain
 
-if TYPE_CHECKING:
-    from collections.abc import Iterable
-
-__all__ = ["PROXY_PREFIX", "RouteMatch", "Router", "split_host"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["PROXY_PREFIX", "ParsedHost", "parse_host", "split_target"]
 
 PROXY_PREFIX: Final = "/proxy/"
 
+# A registered name as DNS writes it (letters, digits, '-', '_', dots between labels),
+# with an optional trailing dot; an IPv4 address is one too.
+_NAME: Final = re.compile(r"(?=.{1,254}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})"
+                          r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*\.?")
+_PORT: Final = re.compile(r"[0-9]{1,5}")
+#: The port a client's Host may name without changing what it means.
+DEFAULT_PORT: Final = "80"
+
 
 @dataclass(frozen=True, slots=True)
-class RouteMatch:
-    """A resolved request: the service, the target to send and the Host to send it with."""
+class ParsedHost:
+    """A valid Host value, and the forms the proxy uses."""
 
-    service: Service
-    target: str
-    host: str
+    raw: str  # as the client sent it: forwarded as it is
+    name: str  # lower case, no trailing dot; an IPv6 literal without brackets
+    port: str  # "" when none was given
+
+    @property
+    def normalized(self) -> str:
+        """Lower case, no trailing dot, no default port: the cache key's host."""
+        name = f"[{self.name}]" if ":" in self.name else self.name
+        return f"{name}:{self.port}" if self.port and self.port != DEFAULT_PORT else name
 
 
-def split_host(host: str) -> str:
-    """The host part of a ``Host`` value: no port, no brackets, no trailing dot, lower case."""
-    if host.startswith("["):
-        end = host.find("]")
-        return host[1:end].lower() if end > 0 else host.lower()
-    name, _, _ = host.partition(":")
-    return normalize_domain(name)
+def parse_host(value: str) -> ParsedHost:
+    """The parts of a ``Host`` value, or :class:`BadRequest` if it is not one."""
+    if value.startswith("["):
+        end = value.find("]")
+        literal, rest = value[1:end], value[end + 1:]
+        try:
+            if end < 0 or not isinstance(ipaddress.ip_address(literal), ipaddress.IPv6Address):
+                raise ValueError(literal)
+        except ValueError:
+            raise BadRequest(f"invalid Host header {value[:100]!r}") from None
+        name = literal.lower()
+    else:
+        host, colon, port = value.partition(":")
+        if not _NAME.fullmatch(host):
+            raise BadRequest(f"invalid Host header {value[:100]!r}")
+        name, rest = normalize_domain(host), colon + port
+    if rest and not (rest[0] == ":" and _PORT.fullmatch(rest[1:])):
+        raise BadRequest(f"invalid Host header {value[:100]!r}")
+    return ParsedHost(value, name, rest[1:])
 
 
 def _split_absolute(raw_target: str) -> tuple[str, str]:
@@ -53,44 +80,24 @@ def _split_absolute(raw_target: str) -> tuple[str, str]:
     if not sep or scheme.lower() not in ("http", "https"):
         raise BadRequest(f"unsupported request target {raw_target[:100]!r}")
     authority, slash, path = rest.partition("/")
-    authority = authority.rpartition("@")[2]  # userinfo is never a host (RFC 9110 §4.2.4)
+    if "@" in authority:  # userinfo is never a host (RFC 9110 §4.2.4)
+        raise BadRequest("userinfo in the request target's authority")
     if not authority:
         raise BadRequest("absolute-form request target without a host")
     return authority, slash + path if slash else "/"
 
 
-class Router:
-    """Maps a request's Host and target to a :class:`RouteMatch`.
-
-    :param services: the routes file's services; their domains are already normalised.
-
-    Usage::
-
-        router = Router(routes.services)
-        match = router.resolve("my-service.my-company.com:8080", "/proxy/api?x=1")
-        match.service.name, match.target  # ('my-service', '/api?x=1')
-    """
-
-    def __init__(self, services: Iterable[Service]) -> None:
-        self._by_domain: dict[str, Service] = {s.domain: s for s in services}
-
-    def service_for(self, host: str) -> Service | None:
-        """The service whose domain is ``host`` (a raw Host value), if any."""
-        return self._by_domain.get(split_host(host))
-
-    def resolve(self, host: str | None, raw_target: str) -> RouteMatch:
-        """Route one request, raising :class:`NotFound` or :class:`BadRequest`."""
-        if not raw_target.startswith("/"):
-            if raw_target == "*":
-                raise NotFound("no such path: only /proxy/ paths are proxied")
-            host, raw_target = _split_absolute(raw_target)
-        if not raw_target.startswith(PROXY_PREFIX):
-            raise NotFound("no such path: only /proxy/ paths are proxied")
-        if not host:
-            raise BadRequest("missing Host header")
-        service = self.service_for(host)
-        if service is None:
-            logger.debug("no service for Host %r", host)
-            raise NotFound(f"no service for host {split_host(host)!r}")
-        target = raw_target[len(PROXY_PREFIX) - 1:]
-        return RouteMatch(service=service, target=target, host=host)
+def split_target(host: str | None, raw_target: str,
+                 prefix: str = PROXY_PREFIX) -> tuple[ParsedHost, str]:
+    """The request's host and the target to forward, or :class:`NotFound` /
+    :class:`BadRequest`."""
+    if not raw_target.startswith("/"):
+        if raw_target == "*":
+            raise NotFound(f"no such path: only {prefix} paths are proxied")
+        host, raw_target = _split_absolute(raw_target)
+    if not host:
+        raise BadRequest("missing Host header")
+    parsed = parse_host(host)
+    if not raw_target.startswith(prefix):
+        raise NotFound(f"no such path: only {prefix} paths are proxied")
+    return parsed, raw_target[len(prefix) - 1:]

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     name = args.name or str(args.port)
     # TCP_NODELAY on the listener (accepted sockets inherit it): pywsgi writes the head
     # and the body in two sends, and Nagle would hold the body for the client's delayed
-    # ACK, ~40 ms per response.
+    # ACK, tens of milliseconds per response.
     listener = gevent.socket.socket()
     listener.setsockopt(gevent.socket.SOL_SOCKET, gevent.socket.SO_REUSEADDR, 1)
     listener.setsockopt(gevent.socket.IPPROTO_TCP, gevent.socket.TCP_NODELAY, 1)

@@ -13,6 +13,7 @@ like a checkout.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -88,6 +89,41 @@ def _cache_url(name: str, raw: str) -> str:
             f"{name}: must be empty or a redis://host:port/db URL, got {raw!r}"
         )
     return raw
+
+
+def _worker_count(name: str, raw: str) -> int:
+    """A number of worker processes; empty means one per CPU core of the machine."""
+    if not raw.strip():
+        return os.cpu_count() or 1
+    return _positive_int(name, raw)
+
+
+def _optional_port(name: str, raw: str) -> int | None:
+    """A TCP port, or empty for none."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ConfigError(f"{name}: must be empty or a port from 1 to 65535, got {raw!r}")
+    return int(raw)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(name: str, raw: str) -> tuple[Network, ...]:
+    """Comma-separated addresses or CIDR blocks (``10.0.0.0/8, 192.0.2.7, ::1``)."""
+    out = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ConfigError(f"{name}: {part!r} is not an IP address or CIDR block "
+                              "(e.g. 10.0.0.0/8)") from None
+    return tuple(out)
 
 
 _TRUE: Final = ("1", "on", "true", "yes")
@@ -182,8 +218,41 @@ class Settings:
     tunnel_idle_timeout_seconds: float = _setting(
         "3600", _positive_float,
         "an upgraded connection (WebSocket) with no byte either way this long is closed")
+    max_tunnels: int = _setting(
+        "1000", _positive_int,
+        "open upgraded connections (WebSocket) per worker; the next upgrade gets 503")
+    client_header_timeout_seconds: float = _setting(
+        "10", _positive_float,
+        "time a client gets to send a request's whole header section, from its first "
+        "byte; then 408 and the connection is closed")
+    client_body_timeout_seconds: float = _setting(
+        "30", _positive_float,
+        "longest pause between two reads of a request body (and between two writes of "
+        "a response to a client that does not read); then 408 if nothing was answered "
+        "yet, and the connection is closed")
     log_level: str = _setting(
         "INFO", _log_level, "level of the application log (the access log is always written)")
+    # -- the server ------------------------------------------------------------------
+    web_concurrency: int = _setting(
+        "", _worker_count,
+        "gunicorn worker processes (gunicorn's own variable; `-w` wins); empty: one per "
+        "CPU core of the machine, so set it in containers, where that is the node's count")
+    worker_connections: int = _setting(
+        "10000", _positive_int,
+        "client connections a worker holds at once (gunicorn's name; `python -m "
+        "wsgiproxy` honours it too); beyond it new ones wait in the listen backlog")
+    port: int | None = _setting(
+        "", _optional_port,
+        "a PaaS's port: gunicorn listens on 0.0.0.0:PORT instead of proxy.listen (`-b` "
+        "wins over both)")
+    keepalive_seconds: int = _setting(
+        "75", _positive_int,
+        "how long an idle keep-alive client connection is kept open; keep it above the "
+        "idle timeout of a load balancer in front (60 s on AWS ALB)")
+    trusted_proxies: tuple[Network, ...] = _setting(
+        "", _networks,
+        "comma-separated addresses or CIDR blocks of peers (load balancers) whose "
+        "forwarding headers are believed; empty: nobody's")
 
 
 #: The rows of the settings table, in field order.

@@ -95,10 +95,29 @@ class _Handler(BaseHTTPRequestHandler):
         except (TimeoutError, ConnectionError, BrokenPipeError):
             self.close_connection = True
 
+    def _read_chunked(self) -> bytes:
+        """A chunked request body; one cut off (the proxy aborted it) is never recorded."""
+        parts = []
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                size = int(line.split(b";")[0], 16)
+            except ValueError:
+                raise ConnectionError(f"chunked body cut off at {line[:40]!r}") from None
+            if size == 0:
+                while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return b"".join(parts)
+            parts.append(self.rfile.read(size))
+            self.rfile.readline(8)
+
     def _serve(self):
         backend = self.server.backend
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            body = self._read_chunked()
+        else:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
         # self.path has a leading "//" collapsed (CPython gh-87389): use the raw line.
         target = self.raw_requestline.split(b" ")[1].decode("latin-1")
         seen = Seen(self.command, target, list(self.headers.items()), body,

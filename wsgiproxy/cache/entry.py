@@ -77,15 +77,47 @@ class VaryIndex:
 Stored = Entry | VaryIndex
 
 
+def _strings(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _entry(item: list[object]) -> Entry | None:
+    """An :class:`Entry` from its wire fields, each of the type it must have: anything
+    else in the store (written by something other than this proxy) is no entry."""
+    if len(item) != 10:
+        return None
+    _, status, reason, headers, body, response_time, initial_age, lifetime, vary, revalidate \
+        = item
+    numbers = (response_time, initial_age, lifetime)
+    if not (isinstance(status, int) and 100 <= status <= 599 and isinstance(reason, str)
+            and isinstance(headers, list) and isinstance(body, bytes)
+            and all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers)
+            and isinstance(vary, dict) and isinstance(revalidate, bool)):
+        return None
+    pairs: list[tuple[str, str]] = []
+    for header in headers:
+        if not (isinstance(header, list) and len(header) == 2
+                and all(_strings(part) for part in header)):
+            return None
+        pairs.append((header[0], header[1]))
+    if not all(_strings(k) and _strings(v) for k, v in vary.items()):
+        return None
+    return Entry(status, reason, pairs, body, float(response_time),  # type: ignore[arg-type]
+                 float(initial_age), float(lifetime), vary, revalidate)  # type: ignore[arg-type]
+
+
 def from_wire(data: bytes) -> Stored | None:
-    """Decode what :meth:`Entry.to_wire` or :meth:`VaryIndex.to_wire` wrote; None if not."""
+    """Decode what :meth:`Entry.to_wire` or :meth:`VaryIndex.to_wire` wrote; None for
+    anything else (the caller counts it and serves a miss)."""
     try:
         item = msgpack.unpackb(data, raw=False)
-        if item[0] == 1:
-            return Entry(item[1], item[2], [tuple(h) for h in item[3]], item[4], *item[5:10])
-        if item[0] == 2:
-            return VaryIndex(tuple(item[1]))
-    except (ValueError, TypeError, IndexError, msgpack.UnpackException):
-        pass
-    logger.warning("ignoring a cache entry that cannot be decoded")
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    if not isinstance(item, list) or not item:
+        return None
+    if item[0] == 1:
+        return _entry(item)
+    if item[0] == 2 and len(item) == 2 and isinstance(item[1], list) \
+            and all(_strings(n) for n in item[1]):
+        return VaryIndex(tuple(item[1]))
     return None

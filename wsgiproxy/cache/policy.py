@@ -1,13 +1,14 @@
 """The rules of a shared HTTP cache (RFC 9111, RFC 5861, RFC 9213): what is stored, what
 is served, fresh or stale, and for how long.
 
-CacheControl is a private (client) cache. As a proxy's cache it would store ``private``
-responses and responses to requests with ``Authorization`` (one user's page handed to
-the next), ignore ``s-maxage``, keep ETag-only entries for 14 days, keep one variant per
-URL, merge repeated headers, fail on an unparsable ``Date``, and spool every GET body
-through a temporary file. :class:`SharedCacheController` is a CacheControl controller
-(its ``BaseCache`` backend, its ``parse_cache_control`` hook) whose decisions are the
-shared cache's:
+CacheControl is a private (client) cache. As a proxy's cache its ``CacheController``
+would store ``private`` responses and responses to requests with ``Authorization`` (one
+user's page handed to the next), ignore ``s-maxage``, keep ETag-only entries for 14
+days, keep one variant per URL, merge repeated headers, fail on an unparsable ``Date``,
+and spool every GET body through a temporary file. So the proxy uses CacheControl for
+its storage interface (``BaseCache``: the memory and Redis stores,
+:mod:`~wsgiproxy.cache.stores`) and not for its rules: :class:`SharedCacheController`
+takes the controller's place, and its decisions are the shared cache's:
 
 * stored: GET responses with a final status and a freshness lifetime (``s-maxage`` >
   ``max-age`` > ``Expires``), or a heuristically cacheable status and a validator (ETag,
@@ -45,8 +46,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
 
-from cachecontrol.controller import CacheController
-
 from ..errors import NotCached
 from ..headers import HOP_BY_HOP, connection_tokens
 from .entry import Entry, VaryIndex
@@ -60,8 +59,6 @@ from .fields import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
-
-    from cachecontrol.cache import BaseCache
 
     from .stores import Store
 
@@ -95,10 +92,13 @@ class Headers(Protocol):
     def __contains__(self, name: object, /) -> bool: ...
 
 
-def cache_key(domain: str, target: str) -> str:
-    """The key of a request: the service's domain (lower case, from the routes file) and
-    the raw target, so a response from one host serves requests sent to the others."""
-    return f"http://{domain}{target}"
+def cache_key(host: str, target: str) -> str:
+    """The key of a request: the Host it is forwarded with, normalised (lower case, no
+    default port or trailing dot), and the raw target. Not the instance, so a response
+    from one host serves requests sent to the others; not the service's domain alone,
+    since a host that echoes Host into links or redirects builds a different response
+    for each Host value (docs/strangers.md)."""
+    return f"http://{host}{target}"
 
 
 @dataclass(slots=True)
@@ -182,8 +182,8 @@ class HeaderList:
         return isinstance(name, str) and self.get(name) is not None
 
 
-class SharedCacheController(CacheController):
-    """CacheControl's controller with the rules of a shared cache (see the module doc).
+class SharedCacheController:
+    """The rules of a shared cache over one store (see the module doc).
 
     :param store: the backend (:mod:`~wsgiproxy.cache.stores`), shared by every service:
         keys start with the service's domain.
@@ -192,20 +192,14 @@ class SharedCacheController(CacheController):
     :param serve_stale_on_error: CACHE_SERVE_STALE_ON_ERROR.
     """
 
-    def __init__(self, store: BaseCache, *, ttl: float, max_object_bytes: int,
+    def __init__(self, store: Store, *, ttl: float, max_object_bytes: int,
                  serve_stale_on_error: bool = True) -> None:
-        super().__init__(store)
-        #: The same object as CacheControl's ``self.cache``, typed as what it holds.
-        self._backend: Store = store  # type: ignore[assignment]
+        self._backend = store
         self.ttl = ttl
         self.max_object_bytes = max_object_bytes
         self.serve_stale_on_error = serve_stale_on_error
 
     # -- directives --------------------------------------------------------------------
-    def parse_cache_control(self, headers: Mapping[str, str]) -> Directives:  # type: ignore[override]
-        """CacheControl's hook, stricter: names in any case, quoted values, RFC 5861."""
-        return cache_control(headers.get("Cache-Control"))
-
     def directives(self, response: Headers) -> tuple[Directives, bool]:
         """The response's directives for this cache: ``CDN-Cache-Control`` when it is
         present and valid (RFC 9213), ``Cache-Control`` otherwise; and which it was."""

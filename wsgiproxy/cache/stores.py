@@ -56,6 +56,11 @@ class Store(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    #: The longest any entry is kept (the longest TTL of any service).
+    ttl: float
+
+    def close(self) -> None: ...
+
 
 def _keep_seconds(ttl: float, expires: int | float | datetime | None) -> float:
     """How long to keep an entry: what the caller asks, never more than the store's TTL."""
@@ -137,6 +142,7 @@ class RedisStore(RedisCache):
         self._down_until = 0.0
         self._errors_since_log = 0
         self._last_log = 0.0
+        self._last_decode_log = -60.0
 
     @classmethod
     def from_url(cls, url: str, ttl: float,
@@ -171,7 +177,24 @@ class RedisStore(RedisCache):
         except redis.RedisError as error:
             self._failed("get", error)
             return None
-        return from_wire(data) if isinstance(data, bytes) else None
+        if data is None:
+            return None
+        entry = from_wire(data) if isinstance(data, bytes) else None
+        if entry is None:
+            self._undecodable(key)
+        return entry
+
+    def _undecodable(self, key: str) -> None:
+        """A value the proxy did not write (or an older version did): a miss, counted,
+        logged once a minute at most (a stranger who can write to Redis must not be
+        able to fill the log either)."""
+        if self._on_error:
+            self._on_error("decode")
+        now = time.monotonic()
+        if now - self._last_decode_log >= 60:
+            self._last_decode_log = now
+            logger.warning("ignoring a cache entry that is not one this proxy wrote (%r); "
+                           "serving as a miss", key[:200])
 
     def set(self, key: str, value: Any, expires: int | float | datetime | None = None) -> None:
         seconds = _keep_seconds(self.ttl, expires)
@@ -195,7 +218,7 @@ class RedisStore(RedisCache):
 
 
 def make_store(settings: Settings, ttl: float,
-               on_error: Callable[[str], None] | None = None) -> BaseCache:
+               on_error: Callable[[str], None] | None = None) -> Store:
     """The backend CACHE_URL asks for, keeping entries ``ttl`` seconds at most."""
     if settings.cache_url:
         return RedisStore.from_url(settings.cache_url, ttl, on_error)

@@ -7,9 +7,11 @@
   restarting) and from the moment shutdown begins (so the load balancer stops sending
   before the listener closes).
 
-Under ``python -m wsgiproxy`` it is a second gevent server in the same process; under
-gunicorn it runs once, in the master, in a thread (the master is not monkey-patched),
-so there is exactly one metrics server however many workers there are.
+It runs in a thread of the process that owns the instance's control plane
+(:class:`~wsgiproxy.servers.lifecycle.ControlPlane`): under ``python -m wsgiproxy``
+that thread is a greenlet (the process is monkey-patched); under gunicorn it is a real
+thread of the master (which is not), so there is exactly one metrics server however
+many workers there are.
 """
 
 from __future__ import annotations
@@ -57,10 +59,6 @@ class Readiness:
         if self._serving is not None:
             return None if self._serving() else "no worker is serving"
         return None if self._started.is_set() else "starting"
-
-    @property
-    def ready(self) -> bool:
-        return self.problem() is None
 
     def shutting_down(self) -> None:
         if not self._stopping.is_set():

@@ -1,15 +1,21 @@
 """Response bodies as the upstream client hands them out: iterables of bytes with a
-``close()`` that every WSGI server calls, and a ``complete`` flag for the access log."""
+``close()`` that every WSGI server calls, and a ``complete`` flag for the access log.
+
+A :class:`ResponseBody` owns the connection its bytes come on: whoever holds it decides,
+through its methods, whether the connection goes back to the pool (read to the end,
+:meth:`~ResponseBody.drain`), is closed (:meth:`~ResponseBody.discard`, or
+:meth:`~ResponseBody.close` before the end) or leaves HTTP for good
+(:meth:`~ResponseBody.upgraded`). No caller sees urllib3's response.
+"""
 
 from __future__ import annotations
 
 import errno
-import http.client
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from urllib3.exceptions import HTTPError
-
-from .adapter import CHUNK_BYTES
+from ..limits import IO_CHUNK_BYTES
+from .failures import TRANSPORT_ERRORS
+from .upgraded import UpgradedConnection
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -19,8 +25,6 @@ if TYPE_CHECKING:
     from ..cache import BodyCapture
 
 __all__ = ["Body", "ResponseBody", "StoredBody"]
-
-_TRANSPORT_ERRORS: Final = (HTTPError, OSError, http.client.HTTPException)
 
 
 class Body(Protocol):
@@ -54,8 +58,8 @@ class StoredBody:
 class ResponseBody:
     """A host's body, undecoded, passed on as it arrives, in pieces of up to 64 KiB.
 
+    :param raw: urllib3's response, its body unread past ``first``.
     :param first: bytes already read (the adapter waits for them before answering).
-    :param capture: a copy for the cache, finished when the body has ended.
     :param ended: nothing more to read (a response to HEAD).
 
     ``close()`` returns the connection to the pool when the body was read to the end,
@@ -68,12 +72,30 @@ class ResponseBody:
 
     __slots__ = ("_capture", "_first", "_raw", "complete")
 
-    def __init__(self, raw: BaseHTTPResponse, first: bytes = b"",
-                 capture: BodyCapture | None = None, ended: bool = False) -> None:
+    def __init__(self, raw: BaseHTTPResponse, first: bytes = b"", ended: bool = False) -> None:
         self._raw = raw
         self._first = first
-        self._capture = capture
+        self._capture: BodyCapture | None = None
         self.complete = ended
+
+    @property
+    def whole(self) -> bool:
+        """Every byte of the body has already arrived (it came with the first read)."""
+        return self.complete or self._raw.length_remaining == 0
+
+    @property
+    def first(self) -> bytes:
+        return self._first
+
+    def capture_into(self, capture: BodyCapture) -> None:
+        """Copy the body into ``capture`` as it streams past; if it has all arrived
+        already, finish the capture now (requests waiting for the entry are answered at
+        once, not when this client has read it)."""
+        if self.whole and not self.complete:
+            capture.feed(self._first)
+            capture.finish()
+        else:
+            self._capture = capture
 
     def __iter__(self) -> Iterator[bytes]:
         if self.complete:
@@ -85,18 +107,42 @@ class ResponseBody:
             yield self._first
         read1 = self._raw.read1
         try:
-            while data := read1(CHUNK_BYTES, decode_content=False):
+            while data := read1(IO_CHUNK_BYTES, decode_content=False):
                 if capture is not None:
                     capture.feed(data)
                 yield data
-        except _TRANSPORT_ERRORS as exc:
+        except TRANSPORT_ERRORS as exc:
             raise ConnectionResetError(errno.ECONNRESET,
                                        f"upstream response broken off: {exc}") from exc
         self.complete = True
         if capture is not None:
+            self._capture = None
             capture.finish()
 
     def close(self) -> None:
-        if not self.complete:
-            self._raw.close()
+        """The client is done with it: the connection goes back to the pool if the
+        body was read to its end, and is closed otherwise. A capture still open is
+        abandoned (its coalescing lock released)."""
+        capture, self._capture = self._capture, None
+        try:
+            if not self.complete:
+                self._raw.close()
+            self._raw.release_conn()
+        finally:
+            if capture is not None:
+                capture.abandon()
+
+    def drain(self) -> None:
+        """Read what is left (a 304's empty body) and give the connection back."""
+        self._raw.drain_conn()
         self._raw.release_conn()
+        self.complete = True
+
+    def discard(self) -> None:
+        """Not wanted (an error answer replaced by a stale entry): close the connection."""
+        self._raw.close()
+        self._raw.release_conn()
+
+    def upgraded(self) -> UpgradedConnection:
+        """After a 101: the connection, out of the pool for good, to relay bytes on."""
+        return UpgradedConnection(self._raw)

@@ -1,13 +1,15 @@
 """The shared cache around a service's adapter: what the upstream client does with a
-GET or HEAD before, instead of, and after sending it (docs/cache.md).
+request before, instead of, and after sending it (docs/cache.md).
 
-In order: a fresh entry is the answer (``hit``); within ``stale-while-revalidate`` the
-stale entry is (``stale``) while one background request refreshes it; otherwise one
-request per key and worker goes upstream (concurrent ones wait for it and are answered
-from what it stored: ``coalesced``), conditionally when the entry has validators (a 304
-refreshes it: ``revalidated``), and its response is stored as it streams past
-(``miss``). When every attempt fails, or the host's final answer is a 500, 502, 503 or
-504, a stale entry the response allowed it for is served instead (``stale``).
+For GET and HEAD, in order: a fresh entry is the answer (``hit``); within
+``stale-while-revalidate`` the stale entry is (``stale``) while one background request
+refreshes it; otherwise one request per key and worker goes upstream (concurrent ones
+wait for it and are answered from what it stored: ``coalesced``), conditionally when
+the entry has validators (a 304 refreshes it: ``revalidated``), and its response is
+stored as it streams past (``miss``). When every attempt fails, or the host's final
+answer is a 500, 502, 503 or 504, a stale entry the response allowed it for is served
+instead (``stale``). Any other method goes straight to the host, and when it succeeds
+it invalidates what is stored for its URL (RFC 9111 §4.4).
 
 The rules themselves (what is fresh, storable, allowed stale) are the cache package's
 :class:`~wsgiproxy.cache.SharedCacheController`; this module only acts on them.
@@ -19,21 +21,22 @@ import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Final
+from urllib.parse import urljoin, urlsplit
 
-from ..errors import BadGateway, ProxyError, UpstreamTimeout
+from ..cache import SAFE_METHODS, SERVED_METHODS, HeaderMap, cache_key
+from ..errors import BadGateway, UpstreamTimeout
 from ..exchange import CacheResult
-from ..headers import client_headers
-from .body import ResponseBody, StoredBody
+from .body import StoredBody
 from .messages import UpstreamResponse
 
 if TYPE_CHECKING:
-    from ..cache import Answer, BodyCapture, Headers, Lookup, SharedCacheController
+    from ..cache import Answer, Headers, Lookup, SharedCacheController
     from ..cache.coalescing import Coalescer
-    from .adapter import Forwarded, ServiceAdapter
-    from .messages import UpstreamRequest
+    from .adapter import ServiceAdapter
+    from .messages import HostResponse, UpstreamRequest
     from .transport import AttemptLog
 
-__all__ = ["CacheStep", "answered", "response_of"]
+__all__ = ["CacheStep", "answered"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,29 +47,6 @@ ERROR_STATUSES: Final = frozenset({500, 502, 503, 504})
 def answered(answer: Answer, cache: str) -> UpstreamResponse:
     return UpstreamResponse(answer.status, answer.reason, answer.headers,
                             StoredBody(answer.body), cache)
-
-
-def response_of(method: str, forwarded: Forwarded, capture: BodyCapture | None = None,
-                cache: str = CacheResult.NONE) -> UpstreamResponse:
-    """The client's response from a host's: end-to-end headers, the body as it comes."""
-    raw = forwarded.response
-    try:
-        headers = client_headers(raw.headers.items(), connection=raw.headers.get("Connection"),
-                                 keep_length=not raw.chunked)
-    except ProxyError:
-        raw.close()
-        raw.release_conn()
-        if capture is not None:
-            capture.abandon()
-        raise
-    body = ResponseBody(raw, forwarded.first, capture, ended=method == "HEAD")
-    if capture is not None and method != "HEAD" and raw.length_remaining == 0:
-        # The whole body came with the first read: store it now, so that requests
-        # waiting for this one are answered at once, not when this client has read it.
-        capture.feed(forwarded.first)
-        capture.finish()
-        body = ResponseBody(raw, forwarded.first)
-    return UpstreamResponse(raw.status, raw.reason or "", headers, body, cache)
 
 
 class _Quiet:
@@ -81,24 +61,44 @@ class _Quiet:
     def answered(self, at: float) -> None:
         pass
 
-    def broke_off(self) -> None:
+    def broke_off(self, outcome: str) -> None:
         pass
 
 
 class CacheStep:
     """One service's cache, between the upstream client and the service's adapter.
 
+    :param domain: the service's domain, for the URLs a response's ``Location`` names.
     :param controller: the service's view of the shared store (its TTL).
     :param coalescer: this worker's record of fetches in progress.
     """
 
-    def __init__(self, controller: SharedCacheController, coalescer: Coalescer) -> None:
+    def __init__(self, domain: str, controller: SharedCacheController,
+                 coalescer: Coalescer) -> None:
+        self.domain = domain
         self.controller = controller
         self.coalescer = coalescer
 
-    def send(self, adapter: ServiceAdapter, key: str, request: UpstreamRequest,
-             headers: Headers, log: AttemptLog) -> UpstreamResponse:
-        """Answer a GET or HEAD from the cache, or through ``adapter`` and into it."""
+    def send(self, adapter: ServiceAdapter, host: str, request: UpstreamRequest,
+             log: AttemptLog) -> UpstreamResponse:
+        """``request`` answered from the cache, or through ``adapter`` and into it.
+
+        :param host: the Host the request is forwarded with, normalised (lower case, no
+            default port or trailing dot): part of the cache key, so that a response
+            built for one Host value is never served to requests with another.
+        """
+        method = request.method
+        if method in SERVED_METHODS:
+            return self._served(adapter, cache_key(host, request.target), request,
+                                HeaderMap(request.headers), log)
+        response = adapter.forward(method, request.target, request.headers, request.body,
+                                   log)
+        if method not in SAFE_METHODS and 200 <= response.status < 400:
+            self._invalidate(host, request.target, response)
+        return response.for_client()
+
+    def _served(self, adapter: ServiceAdapter, key: str, request: UpstreamRequest,
+                headers: Headers, log: AttemptLog) -> UpstreamResponse:
         controller = self.controller
         lookup = controller.lookup(key, headers)
         if lookup.fresh is not None:
@@ -129,8 +129,8 @@ class CacheStep:
                headers: Headers, lookup: Lookup, log: AttemptLog,
                lead: threading.Event | None) -> UpstreamResponse:
         """One request upstream (conditional if the entry has validators); store what may
-        be stored. ``lead`` is released when the body has ended, or at once if nothing
-        will be stored."""
+        be stored. ``lead`` is released when the body has ended or was cut short, or at
+        once if nothing will be stored."""
         controller, coalescer = self.controller, self.coalescer
 
         def release() -> None:
@@ -142,37 +142,56 @@ class CacheStep:
         send_headers = {**request.headers, **lookup.validators} if conditional \
             else request.headers
         try:
-            forwarded = adapter.forward(request.method, request.target, send_headers,
-                                        request.body, log)
+            response = adapter.forward(request.method, request.target, send_headers,
+                                       request.body, log)
         except BaseException:
             release()
             raise
-        raw = forwarded.response
-        if raw.status == 304 and conditional and lookup.stale is not None:
-            not_modified = list(raw.headers.items())
-            raw.drain_conn()
-            raw.release_conn()
-            entry = controller.refresh(key, lookup.stale, headers, not_modified, sent_at)
+        try:
+            if response.status == 304 and conditional and lookup.stale is not None:
+                response.body.drain()
+                entry = controller.refresh(key, lookup.stale, headers, response.headers,
+                                           sent_at)
+                release()
+                return answered(controller.answer(entry, headers), CacheResult.REVALIDATED)
+            if response.status in ERROR_STATUSES and lookup.stale_on_error \
+                    and lookup.stale is not None:
+                response.body.discard()
+                release()
+                logger.warning("%s: the host answered %d; serving the stale stored response",
+                               key, response.status)
+                return answered(controller.answer(lookup.stale, headers), CacheResult.STALE)
+            if request.method == "GET" and controller.storable("GET", response.status,
+                                                               response, headers):
+                coalescer.storable(key)
+                response.body.capture_into(controller.capture(
+                    key, headers, response.status, response.reason, response.headers,
+                    sent_at, on_end=release))
+            else:
+                if request.method == "GET":
+                    coalescer.not_storable(key)
+                release()
+            return response.for_client(CacheResult.MISS)
+        except BaseException:
+            response.body.close()  # abandons a capture, and with it the lead
             release()
-            return answered(controller.answer(entry, headers), CacheResult.REVALIDATED)
-        if raw.status in ERROR_STATUSES and lookup.stale_on_error and lookup.stale is not None:
-            raw.close()
-            raw.release_conn()
-            release()
-            logger.warning("%s: the host answered %d; serving the stale stored response",
-                           key, raw.status)
-            return answered(controller.answer(lookup.stale, headers), CacheResult.STALE)
-        capture = None
-        if request.method == "GET" and controller.storable("GET", raw.status, raw.headers,
-                                                           headers):
-            capture = controller.capture(key, headers, raw.status, raw.reason or "",
-                                         list(raw.headers.items()), sent_at, on_end=release)
-            coalescer.storable(key)
-        else:
-            if request.method == "GET":
-                coalescer.not_storable(key)
-            release()
-        return response_of(request.method, forwarded, capture, CacheResult.MISS)
+            raise
+
+    def _invalidate(self, host: str, target: str, response: HostResponse) -> None:
+        """RFC 9111 §4.4: an unsafe method that succeeded invalidates its URL, and the
+        URLs its ``Location`` and ``Content-Location`` name on the same service."""
+        targets = {target}
+        for name in ("Location", "Content-Location"):
+            value = response.header(name)
+            if not value:
+                continue
+            parts = urlsplit(urljoin(f"http://{self.domain}{target}", value))
+            if parts.netloc.lower() in (self.domain, host):
+                targets.add(parts.path + (f"?{parts.query}" if parts.query else ""))
+        for each in targets:
+            self.controller.invalidate(cache_key(host, each))
+            if host != self.domain:
+                self.controller.invalidate(cache_key(self.domain, each))
 
     def _refresh_behind(self, adapter: ServiceAdapter, key: str, request: UpstreamRequest,
                         headers: Headers, lookup: Lookup) -> None:

@@ -20,18 +20,14 @@ from typing import Final
 
 from urllib3.util import Retry
 
-from ..exchange import Outcome
+from .failures import Failure
 
-__all__ = ["CONNECT_FAILURES", "IDEMPOTENT_METHODS", "RETRYABLE_STATUSES", "Failure",
-           "ProxyRetry", "RetryPolicy"]
+__all__ = ["IDEMPOTENT_METHODS", "RETRYABLE_STATUSES", "Failure", "ProxyRetry", "RetryPolicy"]
 
 #: docs/failures.md: only these are ever sent to a host a second time.
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 #: Statuses that mean "this host could not serve it now".
 RETRYABLE_STATUSES: Final = frozenset({502, 503, 504})
-#: Failures that mean the request never left: safe to send anywhere, for every method.
-CONNECT_FAILURES: Final = frozenset({Outcome.REFUSED, Outcome.CONNECT_TIMEOUT,
-                                     Outcome.TLS_ERROR})
 #: A Retry-After longer than this is waited this long.
 RETRY_AFTER_CAP_SECONDS: Final = 2
 
@@ -99,11 +95,3 @@ class RetryPolicy:
         if failure == Failure.AFTER_HEAD:  # nothing reached the client yet
             return method in IDEMPOTENT_METHODS and resendable
         return False  # sent, and the same-host retries are used up: the host's answer stands
-
-
-class Failure:
-    """Where an attempt failed, as :meth:`RetryPolicy.next_host` weighs it."""
-
-    NOT_SENT: Final = "not_sent"  # refused, timed out connecting, TLS failed: never sent
-    AFTER_HEAD: Final = "after_head"  # the host sent a response head, then failed before its body
-    AFTER_SEND: Final = "after_send"  # read timeout, reset, garbage, after urllib3's retries

@@ -20,22 +20,15 @@ from __future__ import annotations
 import http.client
 import logging
 import socket
-import ssl
 import time
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-    SSLError,
-)
 from urllib3.util import SKIP_HEADER
 
-from ..exchange import Outcome
+from ..limits import MAX_RESPONSE_HEADERS, MAX_RESPONSE_LINE_BYTES
+from .failures import Outcome, classify
 from .retry import RETRYABLE_STATUSES
 
 if TYPE_CHECKING:
@@ -47,7 +40,7 @@ else:
     _ConnectionBase = _PoolBase = object
 
 __all__ = ["AttemptLog", "FinalResponse", "UpstreamConnection", "UpstreamConnectionPool",
-           "UpstreamHTTPSConnection", "UpstreamHTTPSConnectionPool", "classify_error"]
+           "UpstreamHTTPSConnection", "UpstreamHTTPSConnectionPool"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +55,9 @@ class AttemptLog(Protocol):
 
     def answered(self, at: float) -> None: ...
 
-    def broke_off(self) -> None: ...
+    def broke_off(self, outcome: str) -> None: ...
 
 
-_MAX_LINE: Final = 65536
-_MAX_HEADERS: Final = 100
 
 
 class _Fields(http.client.HTTPMessage):
@@ -103,8 +94,8 @@ class FinalResponse(http.client.HTTPResponse):
             return
         while True:
             version, status, reason = self._read_status()
-            # 101 ends HTTP on the connection and is final (the proxy never asks for an
-            # upgrade, so the caller rejects it); every other 1xx is interim.
+            # 101 ends HTTP on the connection and is final (the answer to a WebSocket
+            # handshake; unasked, the adapter refuses it); every other 1xx is interim.
             if not 100 <= status < 200 or status == 101:
                 break
             interim = self._read_fields()
@@ -144,8 +135,8 @@ class FinalResponse(http.client.HTTPResponse):
         fields: list[tuple[str, str]] = []
         readline = self.fp.readline
         while True:
-            line = readline(_MAX_LINE + 1)
-            if len(line) > _MAX_LINE:
+            line = readline(MAX_RESPONSE_LINE_BYTES + 1)
+            if len(line) > MAX_RESPONSE_LINE_BYTES:
                 raise http.client.LineTooLong("header line")
             if line in (b"\r\n", b"\n", b""):
                 return fields
@@ -160,8 +151,8 @@ class FinalResponse(http.client.HTTPResponse):
                 raise http.client.HTTPException(f"invalid header line {line[:80]!r}")
             fields.append((raw_name.strip().decode("latin-1"),
                            raw_value.strip(b" \t\r\n").decode("latin-1")))
-            if len(fields) > _MAX_HEADERS:
-                raise http.client.HTTPException(f"got more than {_MAX_HEADERS} headers")
+            if len(fields) > MAX_RESPONSE_HEADERS:
+                raise http.client.HTTPException(f"got more than {MAX_RESPONSE_HEADERS} headers")
 
 
 class _ProxyConnection(_ConnectionBase):
@@ -230,25 +221,6 @@ class UpstreamHTTPSConnection(_ProxyConnection, HTTPSConnection):
     asked as urllib3 asks: a peek at the raw socket would see TLS records, not HTTP."""
 
 
-def classify_error(error: BaseException) -> str:
-    """The attempt outcome of an exception raised while talking to a host."""
-    if isinstance(error, ProtocolError) and len(error.args) > 1:
-        error = error.args[1]
-    if isinstance(error, (SSLError, ssl.SSLError, ssl.CertificateError)):
-        return Outcome.TLS_ERROR
-    if isinstance(error, NewConnectionError):  # before its base class ConnectTimeoutError
-        return Outcome.REFUSED
-    if isinstance(error, ConnectTimeoutError):
-        return Outcome.CONNECT_TIMEOUT
-    if isinstance(error, (ReadTimeoutError, socket.timeout)):
-        return Outcome.READ_TIMEOUT
-    if isinstance(error, (ConnectionError, http.client.RemoteDisconnected)):
-        return Outcome.RESET
-    if isinstance(error, (http.client.HTTPException, ValueError)):
-        return Outcome.INVALID_RESPONSE
-    return Outcome.RESET
-
-
 class _AttemptLogging(_PoolBase):
     """A connection pool that sends raw targets and logs every attempt.
 
@@ -274,7 +246,7 @@ class _AttemptLogging(_PoolBase):
         except BaseException as error:
             if conn.sent_at:
                 log.sent(conn.sent_at)
-            log.attempted(self.label, classify_error(error))
+            log.attempted(self.label, classify(error))
             raise
         log.sent(conn.sent_at)
         log.answered(time.perf_counter())

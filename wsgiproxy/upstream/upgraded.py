@@ -5,8 +5,8 @@ The connection leaves its pool for good: it is never returned, and is closed whe
 tunnel ends. The bytes the host sent right after its 101 (a WebSocket server may
 greet at once) may already sit in http.client's buffer: the first read takes them
 from there, without waiting; later reads go to the socket itself. (Reading through the
-buffered reader would hold a 64 KiB buffer for as long as a tunnel waits: with it, an
-idle tunnel cost 65 KiB of a worker's memory in ``bench/tunnels.py``.)
+buffered reader would hold a 64 KiB buffer for as long as a tunnel waits, most of an
+idle tunnel's memory: docs/performance.md measures it with ``bench/tunnels.py``.)
 """
 
 from __future__ import annotations

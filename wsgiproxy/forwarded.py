@@ -1,0 +1,76 @@
+"""Who sent a request, and which forwarding headers to believe (docs/strangers.md).
+
+A client can write anything into ``X-Forwarded-For``, ``Forwarded``, ``X-Real-IP`` and
+the rest; a host that believes them can be told any address, scheme or URL. So the
+proxy believes them only from a peer in TRUSTED_PROXIES (the load balancer in front):
+
+* from any other peer, the client's ``Forwarded``, ``X-Forwarded-*``, ``X-Real-IP``,
+  ``X-Original-URL`` and ``X-Rewrite-URL`` are removed, and ``X-Forwarded-For``,
+  ``-Host`` and ``-Proto`` are set from what the proxy saw;
+* from a trusted peer, ``X-Forwarded-For`` is appended to and the others are kept.
+
+The *client address*, used by the access log (and every rule that keys on a client),
+is the rightmost address of the ``X-Forwarded-For`` chain plus the peer that is not a
+trusted proxy: the last hop nobody trusted could have forged the rest. From an untrusted
+peer that is the peer itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from .settings import Network
+
+__all__ = ["UNTRUSTED_HEADERS", "Trust"]
+
+#: Request headers (lower case) that claim something about earlier hops.
+UNTRUSTED_HEADERS: Final = frozenset({
+    "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
+    "x-forwarded-port", "x-forwarded-prefix", "x-forwarded-server", "x-forwarded-ssl",
+    "x-real-ip", "x-original-url", "x-rewrite-url", "x-client-ip", "true-client-ip",
+})
+
+
+class Trust:
+    """TRUSTED_PROXIES, and what follows from it for one request.
+
+    :param networks: the trusted proxies' addresses and CIDR blocks.
+    """
+
+    __slots__ = ("_cache", "_networks")
+
+    def __init__(self, networks: tuple[Network, ...]) -> None:
+        self._networks = networks
+        self._cache: dict[str, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._networks)
+
+    def trusts(self, address: str) -> bool:
+        """Whether ``address`` (an IP address, as a peer or in a chain) is trusted."""
+        if not self._networks:
+            return False
+        known = self._cache.get(address)
+        if known is None:
+            try:
+                ip = ipaddress.ip_address(address.strip().strip("[]"))
+            except ValueError:
+                known = False
+            else:
+                known = any(ip in network for network in self._networks)
+            if len(self._cache) < 4096:  # peers are few; a chain's entries need not be
+                self._cache[address] = known
+        return known
+
+    def client(self, peer: str, forwarded_for: str | None) -> str:
+        """The client address: ``peer``, or from a trusted peer the rightmost
+        untrusted address of ``X-Forwarded-For`` (the leftmost if all are trusted)."""
+        if not forwarded_for or not self.trusts(peer):
+            return peer
+        chain = [part.strip() for part in forwarded_for.split(",") if part.strip()]
+        for address in reversed(chain):
+            if not self.trusts(address):
+                return address[:64]  # a trusted proxy appends addresses; this bounds junk
+        return chain[0][:64] if chain else peer
