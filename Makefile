@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-runtime.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install test-tools run gunicorn check-config demo test lint load-test bench bench-tools cache-tests docker-build docs clean
+.PHONY: install test-tools run gunicorn check-config demo test test-matrix lint load-test bench bench-tools cache-tests docker-build docs clean
 
 $(STAMP): requirements.txt requirements-runtime.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ test-tools:             # Prometheus, promtool, Alertmanager, amtool (Debian) fo
 
 test: install test-tools  ## every test (real sockets on loopback)
 	$(BIN)/python -m pytest
+
+test-matrix: install  ## the suite on Python 3.11-3.13 (nox; outside CI)
+	$(BIN)/nox -- $(ARGS)
 
 lint: install           ## ruff and mypy --strict
 	$(BIN)/ruff check .
