@@ -4,7 +4,7 @@
 FROM python:3.11.14-slim-bookworm
 
 # WEB_CONCURRENCY: gunicorn's worker processes. The image must not take the node's core
-# count (gunicorn.conf.py's fallback): a container sees every core of its host, so on a
+# count (the setting's default when empty): a container sees every core of its host, so on a
 # 64-core node a pod limited to 600m would start 64 workers. 2 is the default for a
 # container run by hand; set it to the CPUs you give the container (k8s/deployment.yaml
 # and docker-compose.yml set their own).
@@ -25,7 +25,10 @@ RUN pip install --no-cache-dir -r requirements-runtime.txt
 COPY wsgiproxy/ wsgiproxy/
 COPY config/ config/
 COPY gunicorn.conf.py .
-
+# A bad WEB_CONCURRENCY is one line and exit 2 before gunicorn reads it
+# (wsgiproxy/preflight.py).
+COPY scripts/preflight_pth.py scripts/
+RUN python scripts/preflight_pth.py /app
 # A system user with no home and no shell; gunicorn's config empties the metrics
 # directory at start, so a stale one from a restarted container is never summed in.
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin wsgiproxy \

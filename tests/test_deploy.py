@@ -73,6 +73,18 @@ def test_dockerfile_runs_the_production_config_as_a_user():
     assert "!wsgiproxy/" in ignored
 
 
+def test_every_file_the_image_copies_gets_past_dockerignore():
+    """.dockerignore excludes everything ("*") and lets files back in with "!": a COPY
+    of anything it does not let in fails the build (no engine here to notice)."""
+    allowed = [line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text()
+               .splitlines() if line.startswith("!")]
+    copied = re.findall(r"^COPY (\S+) ", (REPO / "Dockerfile").read_text(), re.M)
+    assert copied
+    for source in copied:
+        assert any(source.rstrip("/") == a or source.startswith(a + "/") for a in allowed), \
+            source
+
+
 # -- PaaS ----------------------------------------------------------------------------------
 def test_procfile_command_serves_the_proxy(backend, tmp_path):
     b = backend(lambda seen: Reply(200, [("Cache-Control", "max-age=60")], b"via procfile"))
@@ -550,7 +562,7 @@ def dockerfile_env() -> dict[str, str]:
 
 
 def test_the_worker_count_is_explicit_in_the_image_the_deployment_and_compose():
-    """Not the node's core count (gunicorn.conf.py's fallback): a container sees them all."""
+    """Not the node's core count (the setting's default): a container sees them all."""
     assert int(dockerfile_env()["WEB_CONCURRENCY"]) >= 1
     [container] = pod_template("wsgiproxy")["spec"]["containers"]
     own = {v["name"]: v.get("value") for v in container["env"]}

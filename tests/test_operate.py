@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import requests
@@ -68,6 +69,33 @@ def test_only_the_gevent_worker_runs_the_proxy(routes):
     assert result.returncode == 2
     assert "wsgiproxy: needs gunicorn's gevent worker (-k gevent), not 'sync'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+GUNICORN = str(Path(sys.executable).parent / "gunicorn")  # the script, as the docs run it
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    pytest.param("WEB_CONCURRENCY", "lots", "WEB_CONCURRENCY: must be a whole number >= 1",
+                 id="WEB_CONCURRENCY (read by gunicorn itself at import)"),
+    pytest.param("WORKER_CONNECTIONS", "0", "WORKER_CONNECTIONS: must be a whole number >= 1",
+                 id="WORKER_CONNECTIONS"),
+    pytest.param("KEEPALIVE_SECONDS", "-1", "KEEPALIVE_SECONDS: must be a whole number >= 1",
+                 id="KEEPALIVE_SECONDS"),
+    pytest.param("PORT", "99999", "PORT: must be empty or a port from 1 to 65535",
+                 id="PORT"),
+    pytest.param("TRUSTED_PROXIES", "10.0.0.0/8, lb", "TRUSTED_PROXIES: 'lb' is not an IP",
+                 id="TRUSTED_PROXIES"),
+])
+def test_a_bad_server_setting_is_one_line_and_exit_2(routes, name, value, message):
+    result = run([GUNICORN, "-k", "gevent", "wsgiproxy:app"],
+                 {"CONFIGURATION_FILENAME": str(routes), "METRICS_ADDR": "", name: value})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"wsgiproxy: {message}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_gunicorn_conf_reads_settings_not_the_environment():
+    assert "os.environ" not in (REPO / "gunicorn.conf.py").read_text()
 
 
 # -- ports -------------------------------------------------------------------------------

@@ -184,3 +184,16 @@ def test_unchanged_services_keep_ejected_hosts_and_cached_entries(backend, start
     assert live.count == before + 4
     tried = [a for i in range(4) for a in p.access(f"k{i}")["upstream_attempts"]]
     assert not [a for a in tried if a.startswith(f"127.0.0.1:{dead} ")]  # still ejected
+
+
+def test_a_middleware_around_the_app_keeps_reloads(backend, start_proxy):
+    """gunicorn's hooks find the proxy app the worker built, not the object gunicorn
+    serves: wrapped in a middleware, it still reloads."""
+    one, two = backend(named("one")), backend(named("two"))
+    p = start_proxy({A: [one.port]}, server="gunicorn", app="apps.wrapped:app",
+                    extra_args=["--pythonpath", "tests"])
+    first = requests.get(p.url("/proxy/who"), headers={"Host": A})
+    assert (first.text, first.headers["X-Wrapped"]) == ("one", "yes")
+    p.write_routes({A: [two.port]})
+    p.reload()
+    wait_until(lambda: who(p, A) == "200 two", 5, 0.05, "the wrapped app on the new routes")

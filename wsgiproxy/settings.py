@@ -38,10 +38,9 @@ def _non_negative_int(name: str, raw: str) -> int:
 
 
 def _positive_int(name: str, raw: str) -> int:
-    value = _non_negative_int(name, raw)
-    if value == 0:
+    if not re.fullmatch(r"\s*\d+\s*", raw) or int(raw) == 0:
         raise ConfigError(f"{name}: must be a whole number >= 1, got {raw!r}")
-    return value
+    return int(raw)
 
 
 def _non_negative_float(name: str, raw: str) -> float:

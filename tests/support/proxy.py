@@ -51,7 +51,7 @@ def routes_yaml(listen_port: int, services: dict[str, list | dict]) -> str:
 
 
 def server_argv(server: str, *, workers: int = 1, bind: str | None = None,
-                extra_args: list[str] | None = None) -> list[str]:
+                extra_args: list[str] | None = None, app: str = "wsgiproxy:app") -> list[str]:
     """The documented command for ``server`` (one of :data:`SERVERS`), to run from the
     project root: ``python -m wsgiproxy``, or ``gunicorn -k gevent -w N [-b bind]
     wsgiproxy:app`` (gunicorn reads gunicorn.conf.py from there by itself; without
@@ -60,7 +60,7 @@ def server_argv(server: str, *, workers: int = 1, bind: str | None = None,
         return [sys.executable, "-m", "wsgiproxy"]
     if server == "gunicorn":
         return [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(workers),
-                *(["-b", bind] if bind else []), *(extra_args or []), "wsgiproxy:app"]
+                *(["-b", bind] if bind else []), *(extra_args or []), app]
     raise ValueError(f"server must be one of {SERVERS}, not {server!r}")
 
 
@@ -75,7 +75,7 @@ class ProxyProcess:
 
     def __init__(self, workdir: Path, services: dict[str, list], *, server: str = "pywsgi",
                  env: dict[str, str] | None = None, workers: int = 1,
-                 extra_args: list[str] | None = None) -> None:
+                 extra_args: list[str] | None = None, app: str = "wsgiproxy:app") -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.server = server
@@ -92,7 +92,7 @@ class ProxyProcess:
             **(env or {}),
         }
         self.argv = server_argv(server, workers=workers, bind=f"127.0.0.1:{self.port}",
-                                extra_args=extra_args)
+                                extra_args=extra_args, app=app)
         self.proc: subprocess.Popen | None = None
 
     # -- lifecycle -----------------------------------------------------------------

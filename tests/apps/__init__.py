@@ -1,0 +1,1 @@
+"""WSGI apps for tests that run gunicorn on something other than ``wsgiproxy:app``."""
