@@ -162,7 +162,7 @@ def test_unrouted_requests_never_reach_the_upstream(app, path, host, status):
 def test_a_body_over_the_limit_is_413_before_the_upstream(registry):
     app = make_app(registry, load_settings_with(MAX_REQUEST_BODY_BYTES="4"))
     status, headers, _ = call(app, method="POST", body=b"12345")
-    assert (status, headers["Connection"]) == ("413 Request Entity Too Large", "close")
+    assert (status, headers["Connection"]) == ("413 Content Too Large", "close")
     assert app.fake.requests == []
 
 

@@ -180,11 +180,17 @@ def error_for_status(status: int, message: str) -> ProxyError:
     return _BY_STATUS.get(status, BadRequest)(message)
 
 
+#: RFC 9110's reason phrases where Python's differ before 3.13: the proxy's status lines
+#: are the same whichever Python runs it.
+_RFC9110_PHRASES: dict[int, str] = {413: "Content Too Large", 414: "URI Too Long",
+                                    422: "Unprocessable Content"}
+
+
 def status_line(status: int, reason: str | None = None) -> str:
     """``"404 Not Found"``: the reason given, or the standard phrase for the status."""
     if not reason:
         try:
-            reason = HTTPStatus(status).phrase
+            reason = _RFC9110_PHRASES.get(status) or HTTPStatus(status).phrase
         except ValueError:
             reason = "Unknown"
     return f"{status} {reason}"
@@ -212,7 +218,7 @@ def error_response(error: ProxyError, request_id: str | None = None) -> ErrorRes
         headers.append(("X-Request-ID", request_id))
     if error.close_connection:
         headers.append(("Connection", "close"))
-    return ErrorResponse(status_line(error.status.value, error.status.phrase), headers, body)
+    return ErrorResponse(status_line(error.status.value), headers, body)
 
 
 def raw_error_response(error: ProxyError) -> bytes:

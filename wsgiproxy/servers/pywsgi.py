@@ -23,6 +23,7 @@ import argparse
 import logging
 import signal
 import socket
+import sys
 from typing import TYPE_CHECKING, Any, Final
 
 import gevent
@@ -300,7 +301,7 @@ def serve(app: Any, listen: Endpoint, settings: Settings) -> ProxyServer:
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m wsgiproxy",
+        prog="wsgiproxy" if sys.argv[0].endswith("wsgiproxy") else "python -m wsgiproxy",
         description="wsgiproxy, an HTTP reverse proxy, on gevent's pywsgi server. Settings "
                     "come from the environment or .env (see docs/settings.md); the routes file "
                     "is CONFIGURATION_FILENAME. SIGHUP reloads the routes file; SIGTERM "
