@@ -97,7 +97,15 @@ BAD = [
                  "proxy.services[0].colour: unknown key (expected one of name, domain, hosts, "
                  "tls, timeouts, retries, eject_seconds, max_request_body_bytes, cache)",
                  id="unknown key"),
-    # docs/tls.md and §14: every new key has its one line
+    pytest.param(_svc(hosts='[{address: "10.0.0.1", port: 9090, weigth: 2}]'),
+                 "proxy.services[0].hosts[0].weigth: unknown key (did you mean 'weight'? "
+                 "expected one of address, port, weight)", id="misspelled key"),
+    pytest.param("proxy:\n  listen: {address: 127.0.0.1, port: 8080}\n  services:\n"
+                 "    - {name: a, domian: a.test, hosts: [{address: x, port: 1}]}\n",
+                 "proxy.services[0].domian: unknown key (did you mean 'domain'? expected one "
+                 "of name, domain, hosts, tls, timeouts, retries, eject_seconds, "
+                 "max_request_body_bytes, cache)", id="misspelled required key"),
+    # docs/tls.md and docs/policy.md: every new key has its one line
     pytest.param(_svc(hosts='[{address: "10.0.0.1", port: 9090, weight: 0}]'),
                  "proxy.services[0].hosts[0].weight: must be an integer from 1 to 100",
                  id="weight 0"),

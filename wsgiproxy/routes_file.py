@@ -10,6 +10,7 @@ and the field, e.g.
 
 from __future__ import annotations
 
+import difflib
 import json
 import ssl
 from dataclasses import dataclass, field
@@ -124,13 +125,16 @@ def _describe(error: jsonschema.ValidationError) -> str:
     path = list(error.absolute_path)
     instance: Any = error.instance
     schema: Any = error.schema
-    if error.validator == "required":
+    if error.validator in ("required", "additionalProperties") and isinstance(instance, dict):
+        known = list(schema.get("properties", {}))
+        extra = sorted(str(k) for k in instance if k not in known)
+        if extra:  # a misspelled key is the likelier mistake than a missing one
+            close = difflib.get_close_matches(extra[0], known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            return (f"{_field_path([*path, extra[0]])}: unknown key ({hint}expected one of "
+                    f"{', '.join(known)})")
         missing = [k for k in error.validator_value if k not in instance]  # type: ignore[union-attr]
         return f"{_field_path([*path, missing[0]])}: is required"
-    if error.validator == "additionalProperties":
-        known = schema.get("properties", {})
-        extra = sorted(str(k) for k in instance if k not in known)
-        return f"{_field_path([*path, extra[0]])}: unknown key (expected one of {', '.join(known)})"
     if error.validator == "oneOf" and isinstance(instance, dict):
         # tls: a mapping that breaks a rule of its own keys: say which one, from the
         # branch that takes a mapping (not the one that wanted a boolean).
