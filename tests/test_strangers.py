@@ -5,6 +5,7 @@ entry, too many tunnels) fails, and ordinary clients keep being served."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -72,6 +73,56 @@ def test_a_host_that_echoes_host_cannot_poison_the_cache(tmp_path, backend, serv
         assert again.headers["X-Cache"] == "HIT"
         assert again.json()["link"] == "http://app.test/next"
         assert b.count == 2
+
+
+@pytest.mark.parametrize("spelling", ["APP.TEST.", "app.test:80", "App.Test"])
+def test_a_response_to_an_odd_spelling_of_host_is_never_stored(tmp_path, backend, server,
+                                                               spelling):
+    """To a browser ``app.test.`` or ``app.test:80`` is another origin: a page whose links
+    say so must not reach the ordinary client, even when the stranger asks first."""
+    b = backend(echo_host_link)
+    with ProxyProcess(tmp_path, {"app.test": [b.port]}, server=server) as p:
+        first = get(p, "/proxy/page", host=spelling)
+        assert first.json()["link"] == f"http://{spelling}/next"
+        ordinary = get(p, "/proxy/page", host="app.test")
+        assert ordinary.headers["X-Cache"] == "MISS"
+        assert ordinary.json()["link"] == "http://app.test/next"
+        assert get(p, "/proxy/page", host="app.test").headers["X-Cache"] == "HIT"
+
+
+def test_a_trusted_peers_host_claims_are_not_stored(tmp_path, backend, server):
+    def echo_claims(seen):
+        body = f"{seen.header('X-Forwarded-Host')} {seen.header('X-Original-URL')}".encode()
+        return Reply(200, [("Cache-Control", "public, max-age=60")], body)
+
+    b = backend(echo_claims)
+    env = {"TRUSTED_PROXIES": "127.0.0.1"}
+    with ProxyProcess(tmp_path, {"app.test": [b.port]}, server=server, env=env) as p:
+        claimed = get(p, "/proxy/c", host="app.test",
+                      headers={"X-Forwarded-Host": "evil.example", "X-Original-URL": "/admin"})
+        assert claimed.text == "evil.example /admin"
+        plain = get(p, "/proxy/c", host="app.test")
+        assert (plain.headers["X-Cache"], plain.text) == ("MISS", "app.test None")
+
+
+# -- unread bodies ----------------------------------------------------------------------
+def test_an_answer_before_the_body_closes_the_connection(tmp_path, backend, server):
+    """A 404 answered without reading a (huge) body: the server must not go on reading
+    it for the next request; the connection closes and others are served."""
+    b = backend()
+    with ProxyProcess(tmp_path, {"app.test": [b.port]}, server=server) as p, \
+            socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall(b"POST /nope HTTP/1.1\r\nHost: app.test\r\n"
+                  b"Content-Length: 100000000000000\r\n\r\n" + b"x" * 65536)
+        answer = s.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 404 "), answer[:100]
+        assert b"\r\nConnection: close\r\n" in answer
+        started = time.monotonic()
+        with contextlib.suppress(OSError):
+            for _ in range(2000):  # the stranger keeps sending; the proxy has hung up
+                s.sendall(b"x" * 65536)
+        assert get(p, "/proxy/ok", host="app.test", timeout=5).status_code == 200
+        assert time.monotonic() - started < 5
 
 
 # -- coalescing locks ---------------------------------------------------------------------
@@ -224,7 +275,9 @@ def test_a_chunked_body_over_the_limit_is_413(tmp_path, backend, server):
 # -- forwarding headers --------------------------------------------------------------------
 FORGED = {"X-Forwarded-For": "6.6.6.6", "Forwarded": "for=6.6.6.6", "X-Real-IP": "6.6.6.6",
           "X-Original-URL": "/admin", "X-Rewrite-URL": "/admin", "X-Forwarded-Port": "1",
-          "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"}
+          "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https",
+          "X-Forwarded-Scheme": "https", "Client-IP": "6.6.6.6", "X-Original-Host": "evil",
+          "CF-Connecting-IP": "6.6.6.6", "X-HTTP-Method-Override": "DELETE"}
 
 
 def test_forwarding_headers_from_an_untrusted_peer_are_replaced(tmp_path, backend, server):
@@ -236,7 +289,8 @@ def test_forwarding_headers_from_an_untrusted_peer_are_replaced(tmp_path, backen
         assert seen.header("X-Forwarded-Host") == "app.test"
         assert seen.header("X-Forwarded-Proto") == "http"
         for name in ("Forwarded", "X-Real-IP", "X-Original-URL", "X-Rewrite-URL",
-                     "X-Forwarded-Port"):
+                     "X-Forwarded-Port", "X-Forwarded-Scheme", "Client-IP", "X-Original-Host",
+                     "CF-Connecting-IP", "X-HTTP-Method-Override"):
             assert not seen.has(name), name
         line = p.access(response.headers["X-Request-ID"])
         assert line["client"] == "127.0.0.1"

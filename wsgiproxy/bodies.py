@@ -58,6 +58,7 @@ class StreamedBody(io.RawIOBase):
         self._head = head
         self._limit = limit
         self._pos = 0
+        self._ended = False
 
     def readable(self) -> bool:
         return True
@@ -68,6 +69,7 @@ class StreamedBody(io.RawIOBase):
             data, self._head = self._head[:want], self._head[want:]
         elif self._left is None:  # chunked: until the reader's end
             data = _read(self._stream, want)
+            self._ended = not data
             if self._pos + len(data) > self._limit:
                 raise BodyTooLarge(f"request body is over the {self._limit}-byte limit")
         elif self._left <= 0:
@@ -79,6 +81,11 @@ class StreamedBody(io.RawIOBase):
             self._left -= len(data)
         self._pos += len(data)
         return data
+
+    @property
+    def finished(self) -> bool:
+        """Read to its end (a chunked one: its end was seen)."""
+        return self._ended or self._left == 0
 
     def tell(self) -> int:
         return self._pos

@@ -23,14 +23,24 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from .settings import Network
 
-__all__ = ["UNTRUSTED_HEADERS", "Trust"]
+__all__ = ["UNTRUSTED_HEADERS", "Trust", "is_forwarding_claim"]
 
-#: Request headers (lower case) that claim something about earlier hops.
+#: Request headers (lower case) that claim something about earlier hops: the client's
+#: address, the original host, scheme, URL or method, as proxies, CDNs and frameworks
+#: name them. Besides these, any name matching :func:`is_forwarding_claim`'s patterns.
 UNTRUSTED_HEADERS: Final = frozenset({
-    "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
-    "x-forwarded-port", "x-forwarded-prefix", "x-forwarded-server", "x-forwarded-ssl",
-    "x-real-ip", "x-original-url", "x-rewrite-url", "x-client-ip", "true-client-ip",
+    "x-real-ip", "x-rewrite-url", "x-host", "x-url-scheme", "front-end-https",
+    "x-cluster-client-ip", "cf-connecting-ip", "fastly-client-ip", "x-envoy-external-address",
+    "x-proxyuser-ip", "x-originating-ip", "x-remote-ip", "x-remote-addr",
+    "x-http-method-override", "x-http-method", "x-method-override",
 })
+_CLAIM_PREFIXES: Final = ("x-forwarded", "forwarded", "x-original-", "x-original")
+
+
+def is_forwarding_claim(name: str) -> bool:
+    """Whether a request header (lower case) claims something about earlier hops."""
+    return name in UNTRUSTED_HEADERS or name.startswith(_CLAIM_PREFIXES) \
+        or name.endswith("client-ip")
 
 
 class Trust:

@@ -20,12 +20,12 @@ import logging
 import sys
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 from urllib.parse import quote
 
 from prometheus_client import REGISTRY
 
-from .bodies import read_request_body
+from .bodies import StreamedBody, read_request_body
 from .errors import (
     ClientTimeout,
     InternalError,
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from .policy import ServicePolicy
+    from .router import ParsedHost
     from .routes_file import Service
     from .upstream import Body, Channel, UpstreamResponse
     from .upstream.transport import AttemptLog
@@ -59,6 +60,11 @@ if TYPE_CHECKING:
 __all__ = ["ProxyApp", "Upstream", "create_app", "raw_target"]
 
 logger = logging.getLogger(__name__)
+
+#: Forwarding headers (as WSGI keys) that tell a host another host name or URL.
+_REWRITING_CLAIMS: Final = ("HTTP_X_FORWARDED_HOST", "HTTP_X_ORIGINAL_URL",
+                            "HTTP_X_REWRITE_URL", "HTTP_FORWARDED", "HTTP_X_FORWARDED_PREFIX",
+                            "HTTP_X_ORIGINAL_HOST")
 
 #: How the cache answered, as the ``X-Cache`` header tells the client.
 _X_CACHE = {CacheResult.HIT: "HIT", CacheResult.REVALIDATED: "HIT",
@@ -91,6 +97,11 @@ def raw_target(environ: WSGIEnvironment) -> str:
                  safe="/;=,@!$&'()*+:~", encoding="latin-1")
     query = environ.get("QUERY_STRING")
     return f"{path}?{query}" if query else path
+
+
+def _declares_body(environ: WSGIEnvironment) -> bool:
+    length = environ.get("CONTENT_LENGTH")
+    return bool(environ.get("HTTP_TRANSFER_ENCODING")) or bool(length and length != "0")
 
 
 class FixedBody:
@@ -195,11 +206,11 @@ class ProxyApp:
                        exchange.client, error.status.value, error.message)
             if isinstance(error, ClientTimeout):
                 self.client_timed_out(error.phase)
-            return self._error(start_response, error, exchange)
+            return self._error(start_response, error, exchange, environ)
         except Exception:
             logger.exception("request %s: unexpected error", exchange.request_id)
             return self._error(start_response, InternalError("internal proxy error"),
-                               exchange)
+                               exchange, environ)
 
     def _proxy(self, environ: WSGIEnvironment, start_response: StartResponse,
                exchange: Exchange) -> Iterable[bytes]:
@@ -210,8 +221,9 @@ class ProxyApp:
         exchange.service, exchange.target = route.service.name, match.target
         body, length = read_request_body(environ, route.policy.max_request_body_bytes)
         exchange.bytes_received = length or 0
+        trusted = self.trust.trusts(environ.get("REMOTE_ADDR", ""))
         to_host = upstream_headers(environ, match.host.raw, exchange.request_id, length,
-                                   trusted=self.trust.trusts(environ.get("REMOTE_ADDR", "")))
+                                   trusted=trusted)
         upgrade, client_socket = "", None
         if "HTTP_UPGRADE" in environ and websocket_upgrade(environ):
             # Both servers hand over the client's socket (the 101 and the bytes after it
@@ -224,7 +236,8 @@ class ProxyApp:
         try:
             response = self.upstream.send(
                 route.channel, match.host.normalized,
-                UpstreamRequest(exchange.method, match.target, to_host, body, upgrade),
+                UpstreamRequest(exchange.method, match.target, to_host, body, upgrade,
+                                storable=self._canonical(match.host, trusted, environ)),
                 exchange)
         except BaseException:
             if upgrade:
@@ -238,6 +251,10 @@ class ProxyApp:
         headers = [*response.headers,
                    ("X-Cache", _X_CACHE.get(response.cache, "MISS")),
                    ("X-Request-ID", exchange.request_id)]
+        if isinstance(body, StreamedBody) and not body.finished:
+            # Answered (by the host, or from the cache) before the client's body was all
+            # read: do not let the server read the rest before the next request.
+            headers.append(("Connection", "close"))
         start_response(status_line(response.status, response.reason), headers)
         if response.cache == CacheResult.HIT:
             # A hit does no I/O, so this greenlet would not yield: under keep-alive load
@@ -253,8 +270,13 @@ class ProxyApp:
         """The host switched protocols: the client gets its 101, then the bytes."""
         assert response.upgraded is not None
         exchange.status, exchange.upgrade = 101, "websocket"
-        write = start_response(status_line(101, response.reason),
-                               [*response.headers, ("X-Request-ID", exchange.request_id)])
+        try:
+            write = start_response(status_line(101, response.reason),
+                                   [*response.headers, ("X-Request-ID", exchange.request_id)])
+        except BaseException:  # a header the server refuses: no tunnel after all
+            self._tunnels -= 1
+            response.upgraded.close()
+            raise
         metrics, service = self.metrics, exchange.service
 
         def opened() -> None:
@@ -271,6 +293,19 @@ class ProxyApp:
                       self.settings.tunnel_idle_timeout_seconds)
         return TunnelBody(relay, exchange, write, opened, closed)
 
+    @staticmethod
+    def _canonical(host: ParsedHost, trusted: bool, environ: WSGIEnvironment) -> bool:
+        """Whether a response to this request may be stored under its cache key.
+
+        The key has the Host normalised, but the host sees it as sent: a response built
+        for ``APP.TEST.`` or ``app.test:80`` (a different origin to a browser) must not
+        be stored for ``app.test``. Likewise a trusted peer's claims about the original
+        host or URL, which a host may build links from: such responses are served, and
+        may be answered from the cache, but are never stored."""
+        if host.raw != host.normalized:
+            return False
+        return not (trusted and any(key in environ for key in _REWRITING_CLAIMS))
+
     def _claim_tunnel(self) -> None:
         """A place for one more tunnel in this worker, or 503 (MAX_TUNNELS): each holds
         two connections and a greenlet for as long as its ends keep it open."""
@@ -285,11 +320,16 @@ class ProxyApp:
             self.metrics.client_timeout(phase)
 
     def _error(self, start_response: StartResponse, error: ProxyError,
-               exchange: Exchange) -> Iterable[bytes]:
+               exchange: Exchange, environ: WSGIEnvironment) -> Iterable[bytes]:
         rendered = error_response(error, exchange.request_id)
         exchange.status = error.status.value
         exchange.bytes_sent = len(rendered.body)
-        start_response(rendered.status, rendered.headers, sys.exc_info())
+        headers = rendered.headers
+        if not error.close_connection and _declares_body(environ):
+            # Answered before its body was read: the server would read (and drop) the
+            # rest before the next request, for as long as the client cares to send.
+            headers = [*headers, ("Connection", "close")]
+        start_response(rendered.status, headers, sys.exc_info())
         return FixedBody([rendered.body], lambda: self._finished(exchange))
 
     def _finished(self, exchange: Exchange) -> None:

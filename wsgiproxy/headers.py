@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Final
 
 from .errors import BadGateway, BadRequest, HeadersTooLarge
-from .forwarded import UNTRUSTED_HEADERS
+from .forwarded import is_forwarding_claim
 from .http1 import FIELD_VALUE
 from .limits import MAX_HEADER_BYTES, MAX_HEADER_LINE_BYTES
 
@@ -46,8 +46,6 @@ HOP_BY_HOP: Final = frozenset({
 })
 #: Never forwarded as the client sent them: the proxy writes its own.
 _NOT_FORWARDED: Final = HOP_BY_HOP | {"host", "expect", "x-request-id", "content-length"}
-#: ... and from a peer that is not a trusted proxy, none of its forwarding claims.
-_NOT_FROM_STRANGERS: Final = _NOT_FORWARDED | UNTRUSTED_HEADERS
 
 _HOP_BY_HOP_AND_LENGTH: Final = HOP_BY_HOP | {"content-length"}
 
@@ -120,14 +118,13 @@ def upstream_headers(
     """
     headers: dict[str, str] = {"Host": host}
     listed = connection_tokens(environ.get("HTTP_CONNECTION"))
-    dropped = _NOT_FORWARDED if trusted else _NOT_FROM_STRANGERS
-    if listed:
-        dropped = dropped | listed
+    dropped = _NOT_FORWARDED | listed if listed else _NOT_FORWARDED
     for key, value in environ.items():
         if not key.startswith("HTTP_"):
             continue
         name = _header_name(key)
-        if name.lower() in dropped:
+        lower = name.lower()
+        if lower in dropped or (not trusted and is_forwarding_claim(lower)):
             continue
         if not FIELD_VALUE.fullmatch(value):
             raise BadRequest(f"invalid character in header {name}")

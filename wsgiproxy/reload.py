@@ -58,9 +58,13 @@ class RoutesReloader:
         self.current = current
         self._accept = accept
         self._metrics = metrics
+        #: The digest of the file's content as last read (at start-up, or by a reload,
+        #: accepted or not): a watcher reloads only when the file differs from it.
+        self.digest = content_digest(path)
 
     def reload(self, reason: str) -> bool:
         """Read the file now; True if its routes are in use from now on."""
+        self.digest = content_digest(self.path)
         try:
             routes, text = read_routes(self.path)
         except ConfigError as error:
@@ -82,16 +86,19 @@ class RoutesReloader:
 
 
 def watch(path: Path, interval: float, changed: Callable[[], object],
-          sleep: Callable[[float], object], stopped: Callable[[], bool]) -> None:
-    """Call ``changed`` whenever the content of ``path`` differs from the last look.
+          sleep: Callable[[float], object], stopped: Callable[[], bool],
+          known: Callable[[], str | None]) -> None:
+    """Call ``changed`` whenever the content of ``path`` differs from what was last read.
 
     :param sleep: waits between looks (``gevent.sleep`` or ``time.sleep``).
     :param stopped: ends the loop when true.
+    :param known: the digest of the content last read (:attr:`RoutesReloader.digest`):
+        a file a SIGHUP already reloaded is not reloaded again.
     """
-    seen = content_digest(path)
+    told = None
     while not stopped():
         sleep(interval)
         digest = content_digest(path)
-        if digest is not None and digest != seen:
-            seen = digest
+        if digest is not None and digest != known() and digest != told:
+            told = digest  # once per new content, even while the reload is pending
             changed()

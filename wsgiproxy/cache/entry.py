@@ -9,10 +9,15 @@ them through :meth:`Entry.to_wire` / :func:`from_wire` (msgpack).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Final
 
 import msgpack
+
+from ..headers import HOP_BY_HOP
+from ..http1 import FIELD_VALUE as _FIELD_VALUE
+from ..http1 import TOKEN as _TOKEN
 
 __all__ = ["ENTRY_OVERHEAD_BYTES", "Entry", "Stored", "VaryIndex", "from_wire"]
 
@@ -77,6 +82,10 @@ class VaryIndex:
 Stored = Entry | VaryIndex
 
 
+#: No time in an entry (seconds since the epoch, an age, a lifetime) is larger.
+_LONGEST: Final = 1e11
+
+
 def _strings(value: object) -> bool:
     return isinstance(value, str)
 
@@ -89,15 +98,19 @@ def _entry(item: list[object]) -> Entry | None:
     _, status, reason, headers, body, response_time, initial_age, lifetime, vary, revalidate \
         = item
     numbers = (response_time, initial_age, lifetime)
-    if not (isinstance(status, int) and 100 <= status <= 599 and isinstance(reason, str)
-            and isinstance(headers, list) and isinstance(body, bytes)
-            and all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers)
-            and isinstance(vary, dict) and isinstance(revalidate, bool)):
+    if not (isinstance(status, int) and 200 <= status <= 599 and isinstance(reason, str)
+            and _FIELD_VALUE.fullmatch(reason) and isinstance(headers, list)
+            and isinstance(body, bytes) and isinstance(vary, dict)
+            and isinstance(revalidate, bool)
+            and all(isinstance(n, (int, float)) and not isinstance(n, bool)
+                    and math.isfinite(n) and 0 <= n < _LONGEST for n in numbers)):
         return None
     pairs: list[tuple[str, str]] = []
     for header in headers:
         if not (isinstance(header, list) and len(header) == 2
-                and all(_strings(part) for part in header)):
+                and all(_strings(part) for part in header)
+                and _TOKEN.fullmatch(header[0]) and _FIELD_VALUE.fullmatch(header[1])
+                and header[0].lower() not in HOP_BY_HOP):
             return None
         pairs.append((header[0], header[1]))
     if not all(_strings(k) and _strings(v) for k, v in vary.items()):

@@ -249,7 +249,8 @@ class ControlPlane:
             return
         threading.Thread(target=watch, name="wsgiproxy-routes-watch", daemon=True,
                          args=(self.settings.configuration_filename, interval, changed,
-                               time.sleep, self._stopped.is_set)).start()
+                               time.sleep, self._stopped.is_set,
+                               lambda: self.reloader.digest)).start()
 
     def shutting_down(self) -> None:
         """From now on ``/readyz`` is 503: load balancers stop sending first."""

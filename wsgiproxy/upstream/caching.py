@@ -107,7 +107,7 @@ class CacheStep:
             self._refresh_behind(adapter, key, request, headers, lookup)
             return answered(controller.answer(lookup.stale, headers), CacheResult.STALE)
         lead = None
-        if request.method == "GET" and self.coalescer.coalesces(key):
+        if request.method == "GET" and request.storable and self.coalescer.coalesces(key):
             lead = self.coalescer.lead(key)
             # Another request is fetching this URL: wait for it, and use what it stored.
             # If it stored nothing this request can use, or took too long: go ourselves.
@@ -161,14 +161,14 @@ class CacheStep:
                 logger.warning("%s: the host answered %d; serving the stale stored response",
                                key, response.status)
                 return answered(controller.answer(lookup.stale, headers), CacheResult.STALE)
-            if request.method == "GET" and controller.storable("GET", response.status,
-                                                               response, headers):
+            if request.method == "GET" and request.storable and controller.storable(
+                    "GET", response.status, response, headers):
                 coalescer.storable(key)
                 response.body.capture_into(controller.capture(
                     key, headers, response.status, response.reason, response.headers,
                     sent_at, on_end=release))
             else:
-                if request.method == "GET":
+                if request.method == "GET" and request.storable:
                     coalescer.not_storable(key)
                 release()
             return response.for_client(CacheResult.MISS)

@@ -51,6 +51,8 @@ class Outcome:
     READ_TIMEOUT: Final = "read_timeout"
     RESET: Final = "reset"  # connection broken after the request was sent
     INVALID_RESPONSE: Final = "invalid_response"  # not HTTP, or not parseable
+    CLIENT_ABORTED: Final = "client_aborted"  # the client's body failed (timeout, too
+    # large, cut short): the host is not to blame
 
 
 class Failure:
@@ -78,6 +80,8 @@ def cause(error: BaseException) -> BaseException:
 def classify(error: BaseException) -> str:
     """The attempt :class:`Outcome` of an exception raised while talking to a host."""
     error = cause(error)
+    if isinstance(error, (ClientBodyError, ProxyError)):
+        return Outcome.CLIENT_ABORTED
     if isinstance(error, (SSLError, ssl.SSLError, ssl.CertificateError)):
         return Outcome.TLS_ERROR
     if isinstance(error, NewConnectionError):  # before its base class ConnectTimeoutError

@@ -26,6 +26,9 @@ class UpstreamRequest:
     headers: dict[str, str]  # every header the host gets, Host first
     body: Any = None  # bytes, a read-once stream (wsgiproxy.bodies), or None
     upgrade: str = ""  # "websocket": a handshake (the cache is not asked)
+    #: False: the response may be answered from the cache but must not be stored
+    #: (the host saw a Host or forwarding claims the cache key does not carry).
+    storable: bool = True
 
 
 @dataclass(slots=True)
