@@ -75,7 +75,7 @@ def routes(tmp_path: Path) -> Path:
 def test_the_command_checks_a_routes_file_from_any_directory(venv, routes, tmp_path):
     command = str(venv / "bin" / "wsgiproxy")
     ok = run([command, "--check-config"], tmp_path, CONFIGURATION_FILENAME=str(routes))
-    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "ok: 1 services\n", "")
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "ok: 1 service\n", "")
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(ROUTES % "nine")

@@ -140,7 +140,7 @@ def test_a_second_instance_does_not_share_the_port(backend, start_proxy):
 
 def test_the_startup_line_names_the_address(backend, start_proxy):
     p = start_proxy({DOMAIN: [backend().port]}, server="gunicorn")
-    p.wait_log(f"wsgiproxy listening on http://127.0.0.1:{p.port} (1 gevent workers")
+    p.wait_log(f"wsgiproxy listening on http://127.0.0.1:{p.port} (1 gevent worker,")
 
 
 # -- readiness ---------------------------------------------------------------------------
@@ -174,7 +174,7 @@ def test_readyz_is_503_until_a_worker_serves_and_while_none_does(backend, tmp_pa
 def test_check_config_says_ok_or_names_the_problem(routes, tmp_path):
     ok = run([sys.executable, "-m", "wsgiproxy", "--check-config"],
              {"CONFIGURATION_FILENAME": str(routes)})
-    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "ok: 1 services\n", "")
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "ok: 1 service\n", "")
     bad = tmp_path / "bad.yaml"
     bad.write_text(routes.read_text().replace("port: ", "port: 7000", 1))
     refused = run([sys.executable, "-m", "wsgiproxy", "--check-config"],

@@ -189,6 +189,22 @@ def test_a_stalled_body_gets_408_and_its_upstream_request_is_aborted(tmp_path, b
                    5, message="the body timeout counted")
 
 
+def test_a_client_that_stops_reading_is_dropped_quietly(tmp_path, backend, server):
+    big = b"r" * (64 * 2**20)
+    b = backend(lambda seen: Reply(200, [("Cache-Control", "no-store")], big))
+    env = {"CLIENT_BODY_TIMEOUT_SECONDS": "1"}
+    with ProxyProcess(tmp_path, {"app.test": [b.port]}, server=server, env=env) as p:
+        mark = p.log_mark()
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", p.port))
+            s.sendall(b"GET /proxy/big HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            wait_until(lambda: counter("proxy_client_timeouts_total", 'phase="response"', p)
+                       == 1, 15, 0.1, "the stalled reader dropped")
+        assert get(p, "/proxy/ok", host="app.test").status_code == 200
+        assert "Traceback" not in p.log_since(mark)
+
+
 def test_an_idle_keepalive_connection_is_closed_after_the_keepalive_time(tmp_path, backend,
                                                                           server):
     b = backend()

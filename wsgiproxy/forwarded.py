@@ -4,9 +4,10 @@ A client can write anything into ``X-Forwarded-For``, ``Forwarded``, ``X-Real-IP
 the rest; a host that believes them can be told any address, scheme or URL. So the
 proxy believes them only from a peer in TRUSTED_PROXIES (the load balancer in front):
 
-* from any other peer, the client's ``Forwarded``, ``X-Forwarded-*``, ``X-Real-IP``,
-  ``X-Original-URL`` and ``X-Rewrite-URL`` are removed, and ``X-Forwarded-For``,
-  ``-Host`` and ``-Proto`` are set from what the proxy saw;
+* from any other peer, every such claim is removed (``Forwarded``, ``X-Forwarded-*``,
+  ``X-Original-*``, ``X-Real-IP``, ``*Client-IP``, ``X-Rewrite-URL``, method overrides:
+  :func:`is_forwarding_claim`), and ``X-Forwarded-For``, ``-Host`` and ``-Proto`` are
+  set from what the proxy saw;
 * from a trusted peer, ``X-Forwarded-For`` is appended to and the others are kept.
 
 The *client address*, used by the access log (and every rule that keys on a client),

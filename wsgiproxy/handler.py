@@ -159,7 +159,7 @@ class ProxyApp:
     """The proxy as a WSGI callable.
 
     :param settings: process settings (body limit, ...).
-    :param routes: the services, mapped from Host and target by a :class:`Router`.
+    :param routes: the services; each load becomes a :class:`~wsgiproxy.route_table.RouteTable`.
     :param upstream: sends to the service's hosts (:class:`~wsgiproxy.upstream.UpstreamClient`).
     :param metrics: counts every request; None records nothing (the access log is kept).
     :param access_log: writes a request's access line (default: JSON on stdout).

@@ -87,8 +87,9 @@ class Metrics:
                                     "one the proxy wrote, served as a miss.", ["operation"])
         self.client_timeouts = counter(
             "proxy_client_timeouts", "Client connections closed because the client was "
-            "too slow: its header section (phase=header) or a pause in its body "
-            "(phase=body).", ["phase"])
+            "too slow: its header section (phase=header), a pause in its body "
+            "(phase=body), or it stopped reading its response (phase=response).",
+            ["phase"])
         self.host_up = Gauge("proxy_upstream_host_up", "1 while a host is in rotation, 0 "
                              "while it is ejected after refusing connections (the lowest "
                              "over live workers).", ["service", "host"], registry=registry,
@@ -102,7 +103,7 @@ class Metrics:
         self.track(services)
         for operation in ("get", "set", "delete", "decode"):
             self.cache_errors.labels(operation)
-        for phase in ("header", "body"):
+        for phase in ("header", "body", "response"):
             self.client_timeouts.labels(phase)
 
     def track(self, services: Iterable[Service]) -> None:

@@ -186,7 +186,7 @@ class SharedCacheController:
     """The rules of a shared cache over one store (see the module doc).
 
     :param store: the backend (:mod:`~wsgiproxy.cache.stores`), shared by every service:
-        keys start with the service's domain.
+        keys start with the request's normalised Host.
     :param ttl: how long an entry is kept (HTTP_CACHE_TTL_SECONDS, or the service's).
     :param max_object_bytes: CACHE_MAX_OBJECT_BYTES.
     :param serve_stale_on_error: CACHE_SERVE_STALE_ON_ERROR.

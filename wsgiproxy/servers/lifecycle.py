@@ -271,5 +271,10 @@ class ControlPlane:
 def listening_line(addresses: Iterable[str], server: str, metrics: tuple[str, int] | None,
                    services: int) -> str:
     """The start-up line, the same under both servers."""
-    return (f"wsgiproxy listening on {', '.join(addresses)} ({server}), {services} services; "
-            f"metrics on {metrics_url(metrics)}")
+    return (f"wsgiproxy listening on {', '.join(addresses)} ({server}), "
+            f"{plural(services, 'service')}; metrics on {metrics_url(metrics)}")
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 service``, ``2 services``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

@@ -60,6 +60,7 @@ from .lifecycle import (
     count_client_timeout,
     listening_line,
     load_config_or_exit,
+    plural,
 )
 
 if TYPE_CHECKING:
@@ -188,6 +189,17 @@ class ProxyHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
             deadline = getattr(self, "_head_deadline", None)
             if deadline is not None:
                 deadline.close()  # whatever ended the request, never let it fire later
+
+    def handle_error(self, kind: Any, error: BaseException, traceback: Any) -> None:
+        if isinstance(error, TimeoutError):
+            # A client that stopped reading its response (the socket's timeout is
+            # CLIENT_BODY_TIMEOUT_SECONDS): drop it and count it, without a traceback.
+            logger.info("dropped a client that stopped reading its response: %s",
+                        self.client_address)
+            count_client_timeout("response")
+            self.close_connection = True
+            return
+        super().handle_error(kind, error, traceback)
 
     def handle_one_response(self) -> None:
         super().handle_one_response()
@@ -323,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config_or_exit()
     settings, routes = config.settings, config.routes
     if args.check_config:
-        print(f"ok: {len(routes.services)} services")
+        print(f"ok: {plural(len(routes.services), 'service')}")
         return 0
     app = create_app(settings, routes)
     control = ControlPlane(config, accept=lambda new, _text: app.reload(new),

@@ -41,11 +41,16 @@ import gevent
 from ...errors import ConfigError
 from ...logs import configure_logging
 from ...routes_file import load_routes
-from ..lifecycle import ControlPlane, check_can_listen, listening_line, load_config_or_exit
+from ..lifecycle import (
+    ControlPlane,
+    check_can_listen,
+    listening_line,
+    load_config_or_exit,
+    plural,
+)
 from .worker import GeventWorker, GunicornGeventWorker
 
 if TYPE_CHECKING:
-    from ...handler import ProxyApp
     from ...routes_file import Routes
 
 __all__ = ["Hooks"]
@@ -103,7 +108,7 @@ class Hooks:
                      for a in server.cfg.address]
         sockets = ", a SO_REUSEPORT socket each" if server.cfg.reuse_port else ""
         server.log.info("%s", listening_line(
-            addresses, f"{server.num_workers} gevent workers{sockets}",
+            addresses, f"{plural(server.num_workers, 'gevent worker')}{sockets}",
             self.settings.metrics_addr, len(self.config.routes.services)))
         assert self.control is not None
         self.control.watch(self._file_change)
@@ -211,17 +216,19 @@ class Hooks:
 
     def post_worker_init(self, worker: Any) -> None:
         """The app is loaded: reload on SIGHUP from now on, and say this worker serves."""
+        # Always ours: gunicorn's own SIGHUP handler would end the worker. The apps are
+        # looked up at each reload: a middleware may build the proxy app lazily.
+        gevent.signal_handler(signal.SIGHUP, self._reload_worker)
+        (self.accepted_routes.parent / f"ready-{os.getpid()}").touch()
+        # Routes accepted while this worker was booting: no SIGHUP reached it for them.
+        self._reload_worker()
+
+    def _reload_worker(self) -> None:
         from ...handler import ProxyApp
 
         apps = ProxyApp.instances()  # none when gunicorn serves another app (the bench)
-        if apps:
-            gevent.signal_handler(signal.SIGHUP, self._reload_worker, apps)
-        (self.accepted_routes.parent / f"ready-{os.getpid()}").touch()
-        if apps:
-            # Routes accepted while this worker was booting: no SIGHUP reached it for them.
-            self._reload_worker(apps)
-
-    def _reload_worker(self, apps: list[ProxyApp]) -> None:
+        if not apps:
+            return
         try:
             routes = load_routes(self.accepted_routes)
         except ConfigError as error:  # the master accepted it: only a vanished file

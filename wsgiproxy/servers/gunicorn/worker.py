@@ -106,6 +106,11 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
         sock.settimeout(self._timeouts.body)
         try:
             return super().handle_request(listener_name, req, sock, addr)
+        except TimeoutError:
+            # A client that stopped reading the response: drop it, count it, quietly.
+            logger.info("dropped a client that stopped reading its response: %s", addr)
+            count_client_timeout("response")
+            raise StopIteration from None  # gunicorn's "close this connection"
         finally:
             sock.settimeout(None)  # between requests the HeadClock decides
             self.connections.idle(sock)
