@@ -10,7 +10,7 @@ Against one worker on loopback, a recording backend behind it, it measures:
   growing batches of connections that send half a header section (and one in ten a
   Content-Length and 3 bytes of body) and wait; after each batch, the time one
   ordinary GET takes;
-* the RSS 40 concurrent chunked uploads of 9 MiB each add to the worker.
+* the RSS 40 concurrent chunked uploads of 9 MiB each add to a fresh worker.
 
 Everything stops by itself; every connection is to 127.0.0.1.
 """
@@ -135,6 +135,13 @@ def main() -> None:
         fine = [n for n, _held, took, _rss in rows if took < 1]
         print(f"{args.server}: largest number of stalled connections with an ordinary "
               f"GET under 1 s: {max(fine) if fine else 0}", flush=True)
+        proxy.stop()
+        # A fresh worker for the uploads: the stalled connections' memory stays mapped.
+        proxy = stack.enter_context(ProxyProcess(Path(tmp) / "uploads",
+                                                 {DOMAIN: [backend.port]},
+                                                 server=args.server, env=env))
+        worker = proxy.worker_pids()[0]
+        ordinary(proxy)
         before, peak = uploads(proxy, worker)
         print(f"{args.server}: 40 x 9 MiB chunked uploads: worker RSS {before / 2**20:.0f} "
               f"-> peak {peak / 2**20:.0f} MiB (+{(peak - before) / 2**20:.1f} MiB)",
