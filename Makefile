@@ -5,12 +5,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-runtime.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install test-tools run gunicorn check-config demo test test-matrix lint load-test bench bench-tools cache-tests docker-build docs clean
+.PHONY: install test-tools run gunicorn check-config demo test fuzz test-matrix lint load-test bench bench-tools cache-tests docker-build docs clean
 
 $(STAMP): requirements.txt requirements-runtime.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python scripts/preflight_pth.py  # gunicorn's WEB_CONCURRENCY checked first
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -41,6 +42,9 @@ test-tools:             # Prometheus, promtool, Alertmanager, amtool (Debian) fo
 
 test: install test-tools  ## every test (real sockets on loopback)
 	$(BIN)/python -m pytest
+
+fuzz: install           ## long property-based fuzzing of both servers' parsers (Hypothesis)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/test_fuzz.py -q -o timeout=0 -p no:randomly
 
 test-matrix: install  ## the suite on Python 3.11-3.13 (nox; outside CI)
 	$(BIN)/nox -- $(ARGS)
