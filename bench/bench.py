@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -28,7 +29,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import chart
 import psutil
@@ -41,13 +42,11 @@ from common import (
     require,
     reserve_port,
     routes_file,
+    server_argv,
     start_wsgiproxy,
     wait_port,
     wrk,
 )
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 DOMAIN = "bench.test"
 REPORTS = REPO / "reports"
@@ -197,6 +196,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", nargs="*", help="scenarios to run")
+    parser.add_argument("--base", type=Path, default=None,
+                        help="a checkout of an earlier commit (git worktree add ...): its "
+                             "proxy runs beside this one, in the same rounds, as "
+                             "wsgiproxy-base, so a change is measured on equal terms")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.seconds = 1, 3
@@ -206,6 +209,9 @@ def main() -> int:
         raise SystemExit("the nginx echo module is missing: "
                          "apt-get install -y libnginx-mod-http-echo")
     scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only]
+    if args.base is not None:
+        scenarios = [dataclasses.replace(s, targets=(*s.targets, "wsgiproxy-base"))
+                     for s in scenarios]
 
     with Processes() as procs:
         work = procs.workdir
@@ -228,7 +234,8 @@ def main() -> int:
             start_backend(port)
 
         ports = {name: reserve_port() for name in
-                 ("nginx", "nginx-cache", "hello", "wsgiproxy", "wsgiproxy-pywsgi")}
+                 ("nginx", "nginx-cache", "hello", "wsgiproxy", "wsgiproxy-pywsgi",
+                  "wsgiproxy-base")}
         servers = "\n    ".join(f"server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;"
                                 for p in backend_ports)
         conf = nginx_conf(procs, "proxy", nginx_config(
@@ -242,6 +249,12 @@ def main() -> int:
         start_wsgiproxy(procs, "wsgiproxy-pywsgi", ports["wsgiproxy-pywsgi"],
                         routes_file(work, ports["wsgiproxy-pywsgi"], DOMAIN, backend_ports),
                         server="pywsgi")
+        if args.base is not None:  # the earlier commit's own documented command
+            procs.start("wsgiproxy-base", server_argv("gunicorn", workers=args.workers),
+                        env={"CONFIGURATION_FILENAME": str(routes_file(
+                            work, ports["wsgiproxy-base"], DOMAIN, backend_ports)),
+                             "METRICS_ADDR": ""},
+                        port=ports["wsgiproxy-base"], cwd=args.base.resolve())
         # The ceiling: the same command (and gunicorn.conf.py) serving a hello-world app.
         procs.start("hello", [PYTHON, "-m", "gunicorn", "-k", "gevent", "-w",
                               str(args.workers), "-b", f"127.0.0.1:{ports['hello']}",

@@ -31,8 +31,8 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from support.backends import HTTPBackend, Reply  # noqa: E402
-from support.proxy import ProxyProcess  # noqa: E402
+from support.backends import HTTPBackend, Reply
+from support.proxy import ProxyProcess
 
 DOMAIN = "app.test"
 
