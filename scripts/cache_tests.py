@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from common import REPO, Processes, free_port, start_wsgiproxy, wait_port
+from common import REPO, Processes, reserve_port, start_wsgiproxy, wait_port
 
 SUITE = REPO / ".cache-tests"
 DEFAULT_SOURCE = "https://github.com/http-tests/cache-tests.git"
@@ -73,7 +73,7 @@ def main() -> int:
             raise SystemExit(f"make cache-tests needs {tool}")
     root = suite()
     with Processes() as procs:
-        origin, port = free_port(), free_port()
+        origin, port = reserve_port(), reserve_port()
         procs.start("origin", ["node", "test-engine/server/server.mjs"], cwd=root,
                     env={"npm_config_port": str(origin), "npm_config_protocol": "http",
                          "npm_config_pidfile": str(procs.workdir / "origin.pid")})

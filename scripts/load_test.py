@@ -15,7 +15,7 @@ from common import (
     PYTHON,
     REPO,
     Processes,
-    free_port,
+    reserve_port,
     routes_file,
     sample_backend,
     start_wsgiproxy,
@@ -30,14 +30,14 @@ def main() -> int:
     reports = REPO / "reports"
     reports.mkdir(exist_ok=True)
     with Processes() as procs:
-        ports = [free_port() for _ in range(3)]
+        ports = [reserve_port() for _ in range(3)]
         for i, port in enumerate(ports):
             sample_backend(procs, f"backend{i}", port)
-        listen, metrics = free_port(), free_port()
+        listen, metrics = reserve_port(), reserve_port()
         start_wsgiproxy(procs, "wsgiproxy", listen,
                         routes_file(procs.workdir, listen, DOMAIN, ports),
                         env={"METRICS_ADDR": f"127.0.0.1:{metrics}"},
-                        workers=int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 1)))
+                        workers=int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 1))
         print(f"load test: {users} users for {duration} against http://127.0.0.1:{listen} "
               f"(3 sample backends, gunicorn -k gevent)", flush=True)
         log = reports / "locust.log"
