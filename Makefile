@@ -3,15 +3,19 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-runtime.txt | cksum | cut -d' ' -f1)
+EXAMPLE := examples/wsgiproxy-apikey
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-runtime.txt $(EXAMPLE)/pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: install test-tools run gunicorn check-config demo test fuzz test-matrix lint load-test bench bench-tools cache-tests docker-build docs clean
 
-$(STAMP): requirements.txt requirements-runtime.txt
+# The example filter distribution is installed as a team installs its own; its
+# dependency, wsgiproxy, is this checkout, on the path already (--no-deps).
+$(STAMP): requirements.txt requirements-runtime.txt $(EXAMPLE)/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python scripts/preflight_pth.py  # gunicorn's WEB_CONCURRENCY checked first
+	$(BIN)/python -m pip install --quiet --no-deps -e $(EXAMPLE)
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -52,6 +56,7 @@ test-matrix: install  ## the suite on Python 3.11-3.13 (nox; outside CI)
 lint: install           ## ruff and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/mypy --strict $(EXAMPLE)/src  # what a filter author gets from the API's types
 
 load-test: install      ## Locust headless: LOAD_TEST_USERS (20) for LOAD_TEST_DURATION (60s)
 	$(BIN)/python scripts/load_test.py

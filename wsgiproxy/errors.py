@@ -22,6 +22,7 @@ __all__ = [
     "ClientTimeout",
     "ConfigError",
     "ErrorResponse",
+    "FilterFailed",
     "HeadersTooLarge",
     "InternalError",
     "MalformedBody",
@@ -160,6 +161,16 @@ class NotCached(ProxyError):
     """``Cache-Control: only-if-cached`` and nothing fresh stored (RFC 9111 §5.2.1.7)."""
 
     status = HTTPStatus.GATEWAY_TIMEOUT
+
+
+class FilterFailed(ProxyError):
+    """A filter raised (docs/filters.md); its traceback was logged where it happened."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"filter {name} failed")
+        self.filter = name
 
 
 class InternalError(ProxyError):

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from .filters.chain import FilterRun
 
 __all__ = ["Attempt", "CacheResult", "Exchange"]
 
@@ -53,6 +56,7 @@ class Exchange:
     bytes_received: int = 0  # body bytes from the client (a tunnel: all bytes to the host)
     upgrade: str = ""  # "websocket" for a tunnel
     complete: bool = True  # False when the response was broken off
+    filters: FilterRun | None = None  # the route's filters, once they ran
 
     # -- the attempt log the upstream client writes --------------------------------------
     def attempted(self, host: str, outcome: str, status: int = 0) -> None:

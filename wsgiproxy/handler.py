@@ -28,6 +28,7 @@ from prometheus_client import REGISTRY
 from .bodies import StreamedBody, read_request_body
 from .errors import (
     ClientTimeout,
+    FilterFailed,
     InternalError,
     ProxyError,
     TooManyTunnels,
@@ -35,8 +36,16 @@ from .errors import (
     status_line,
 )
 from .exchange import CacheResult, Exchange
+from .filters import Headers, Outcome, Request, Response
+from .filters.chain import ChainBuilder
 from .forwarded import Trust
-from .headers import check_header_size, request_id, upstream_headers, websocket_upgrade
+from .headers import (
+    HOP_BY_HOP,
+    check_header_size,
+    request_id,
+    upstream_headers,
+    websocket_upgrade,
+)
 from .logs import AccessLog, configure_logging
 from .metrics import Metrics
 from .route_table import RouteTable
@@ -51,7 +60,10 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
     from prometheus_client import CollectorRegistry
 
+    from .filters import Answer
+    from .filters.chain import Chain, FilterRun
     from .policy import ServicePolicy
+    from .route_table import RouteMatch
     from .router import ParsedHost
     from .routes_file import Service
     from .upstream import Body, Channel, UpstreamResponse
@@ -65,6 +77,12 @@ logger = logging.getLogger(__name__)
 _REWRITING_CLAIMS: Final = ("HTTP_X_FORWARDED_HOST", "HTTP_X_ORIGINAL_URL",
                             "HTTP_X_REWRITE_URL", "HTTP_FORWARDED", "HTTP_X_FORWARDED_PREFIX",
                             "HTTP_X_ORIGINAL_HOST")
+
+#: Fields the proxy writes itself, whatever a filter left (docs/filters.md): the
+#: host's Host and the framing of bodies no filter sees.
+_PROXY_OWNED: Final = HOP_BY_HOP | {"host", "content-length", "x-request-id"}
+#: Fields of a response a filter may not change: the body's framing.
+_FRAMING: Final = HOP_BY_HOP | {"content-length"}
 
 #: How the cache answered, as the ``X-Cache`` header tells the client.
 _X_CACHE = {CacheResult.HIT: "HIT", CacheResult.REVALIDATED: "HIT",
@@ -182,7 +200,8 @@ class ProxyApp:
         self.access_log = access_log or AccessLog()
         self.trust = Trust(settings.trusted_proxies)
         self._tunnels = 0  # open (or opening) upgraded connections
-        self.table = RouteTable.build(routes, settings, upstream)
+        self.chains = ChainBuilder(metrics.filter_error if metrics is not None else None)
+        self.table = RouteTable.build(routes, settings, upstream, self.chains)
         ProxyApp._instances.add(self)
 
     @classmethod
@@ -219,11 +238,22 @@ class ProxyApp:
         match = table.resolve(environ.get("HTTP_HOST"), exchange.path)
         route = match.route
         exchange.service, exchange.target = route.service.name, match.target
+        trusted = self.trust.trusts(environ.get("REMOTE_ADDR", ""))
+        run = None
+        if route.filters:
+            # Before the body is read: a filter's answer (401, 429) costs no upload.
+            run, answer = self._filter_request(route.filters, environ, match, exchange,
+                                               trusted)
+            if answer is not None:
+                return self._answer(start_response, exchange, run, answer, environ)
         body, length = read_request_body(environ, route.policy.max_request_body_bytes)
         exchange.bytes_received = length or 0
-        trusted = self.trust.trusts(environ.get("REMOTE_ADDR", ""))
-        to_host = upstream_headers(environ, match.host.raw, exchange.request_id, length,
-                                   trusted=trusted)
+        if run is None:
+            to_host = upstream_headers(environ, match.host.raw, exchange.request_id, length,
+                                       trusted=trusted)
+        else:
+            to_host = _host_fields(run.request.headers, match.host.raw,
+                                   exchange.request_id, length)
         upgrade, client_socket = "", None
         if "HTTP_UPGRADE" in environ and websocket_upgrade(environ):
             # Both servers hand over the client's socket (the 101 and the bytes after it
@@ -236,7 +266,7 @@ class ProxyApp:
         try:
             response = self.upstream.send(
                 route.channel, match.host.normalized,
-                UpstreamRequest(exchange.method, match.target, to_host, body, upgrade,
+                UpstreamRequest(exchange.method, exchange.target, to_host, body, upgrade,
                                 storable=self._canonical(match.host, trusted, environ)),
                 exchange)
         except BaseException:
@@ -247,15 +277,25 @@ class ProxyApp:
             return self._tunnel(start_response, exchange, response, client_socket)
         if upgrade:
             self._tunnels -= 1  # the host answered without switching protocols
-        exchange.cache, exchange.status = response.cache, response.status
-        headers = [*response.headers,
-                   ("X-Cache", _X_CACHE.get(response.cache, "MISS")),
-                   ("X-Request-ID", exchange.request_id)]
+        status, reason = response.status, response.reason
+        headers = [*response.headers, ("X-Cache", _X_CACHE.get(response.cache, "MISS"))]
+        if run is not None and run.chain.responds:
+            view = Response(status, Headers(headers), cache=response.cache)
+            try:
+                run.on_response(view)
+            except BaseException:
+                response.body.close()
+                raise
+            if view.status != status:
+                status, reason = view.status, ""
+            headers = _after_filters(headers, view.headers)
+        headers.append(("X-Request-ID", exchange.request_id))
+        exchange.cache, exchange.status = response.cache, status
         if isinstance(body, StreamedBody) and not body.finished:
             # Answered (by the host, or from the cache) before the client's body was all
             # read: do not let the server read the rest before the next request.
             headers.append(("Connection", "close"))
-        start_response(status_line(response.status, response.reason), headers)
+        start_response(status_line(status, reason), headers)
         if response.cache == CacheResult.HIT:
             # A hit does no I/O, so this greenlet would not yield: under keep-alive load
             # it serves hit after hit while other connections wait. Yielding once
@@ -293,6 +333,35 @@ class ProxyApp:
                       self.settings.tunnel_idle_timeout_seconds)
         return TunnelBody(relay, exchange, write, opened, closed)
 
+    def _filter_request(self, chain: Chain, environ: WSGIEnvironment, match: RouteMatch,
+                        exchange: Exchange, trusted: bool) -> tuple[FilterRun, Answer | None]:
+        """Run the route's request hooks on a view of what the host would get."""
+        fields = upstream_headers(environ, match.host.raw, exchange.request_id, None,
+                                  trusted=trusted)
+        request = Request(exchange.method, match.target, Headers(fields.items()),
+                          host=match.host.raw, client=exchange.client,
+                          service=exchange.service,
+                          scheme=fields.get("X-Forwarded-Proto", "http"))
+        run = exchange.filters = chain.start(request)
+        answer = run.on_request()
+        exchange.target = request.target
+        return run, answer
+
+    def _answer(self, start_response: StartResponse, exchange: Exchange, run: FilterRun,
+                answer: Answer, environ: WSGIEnvironment) -> Iterable[bytes]:
+        """A filter answered: the earlier filters see it, then the client gets it."""
+        length = [("Content-Length", str(len(answer.body)))]
+        view = Response(answer.status, Headers([*answer.headers, *length]), source="filter")
+        run.on_response(view)
+        headers = [*_after_filters(length, view.headers), ("X-Request-ID", exchange.request_id)]
+        if _declares_body(environ):  # its body was not read: see _error
+            headers.append(("Connection", "close"))
+        exchange.status = view.status
+        send = exchange.method != "HEAD"
+        exchange.bytes_sent = len(answer.body) if send else 0
+        start_response(status_line(view.status), headers)
+        return FixedBody([answer.body] if send else [], lambda: self._finished(exchange))
+
     @staticmethod
     def _canonical(host: ParsedHost, trusted: bool, environ: WSGIEnvironment) -> bool:
         """Whether a response to this request may be stored under its cache key.
@@ -322,19 +391,28 @@ class ProxyApp:
     def _error(self, start_response: StartResponse, error: ProxyError,
                exchange: Exchange, environ: WSGIEnvironment) -> Iterable[bytes]:
         rendered = error_response(error, exchange.request_id)
-        exchange.status = error.status.value
+        status, headers = error.status.value, rendered.headers
+        run = exchange.filters
+        if run is not None and run.chain.responds and not isinstance(error, FilterFailed):
+            status, headers = _filtered_error(run, status, headers)
+        exchange.status = status
         exchange.bytes_sent = len(rendered.body)
-        headers = rendered.headers
         if not error.close_connection and _declares_body(environ):
             # Answered before its body was read: the server would read (and drop) the
             # rest before the next request, for as long as the client cares to send.
             headers = [*headers, ("Connection", "close")]
-        start_response(rendered.status, headers, sys.exc_info())
+        start_response(status_line(status) if status != error.status.value else rendered.status,
+                       headers, sys.exc_info())
         return FixedBody([rendered.body], lambda: self._finished(exchange))
 
     def _finished(self, exchange: Exchange) -> None:
         """The response has ended (or was broken off): log it and count it, once."""
         finished_at = time.perf_counter()
+        if exchange.filters is not None:
+            exchange.filters.on_complete(Outcome(
+                exchange.status, exchange.cache, exchange.bytes_sent,
+                finished_at - exchange.received_at, exchange.upstream_host,
+                exchange.complete, exchange.filters.answered_by))
         try:
             self.access_log(exchange, finished_at)
             if self.metrics is not None:
@@ -349,13 +427,53 @@ class ProxyApp:
         routed finishes on the table it was routed with."""
         if self.metrics is not None:
             self.metrics.track(routes.services)
-        self.table = RouteTable.build(routes, self.settings, self.upstream)
+        self.table = RouteTable.build(routes, self.settings, self.upstream, self.chains)
 
     def close(self) -> None:
         """Close the upstream connections and write out the buffered access log."""
         self.upstream.close()
         if isinstance(self.access_log, AccessLog):
             self.access_log.flush()
+
+
+def _host_fields(view: Headers, host: str, rid: str,
+                 content_length: int | None) -> dict[str, str]:
+    """What the host gets after the filters: their fields (repeats joined), with the
+    proxy's own Host, framing and request id."""
+    fields: dict[str, str] = {"Host": host}
+    lower_names: dict[str, str] = {}
+    for name, value in view:
+        lower = name.lower()
+        if lower in _PROXY_OWNED:
+            continue
+        if lower in lower_names:
+            first = lower_names[lower]
+            fields[first] += ("; " if lower == "cookie" else ", ") + value
+        else:
+            lower_names[lower] = name
+            fields[name] = value
+    if content_length is not None:
+        fields["Content-Length"] = str(content_length)
+    fields["X-Request-ID"] = rid
+    return fields
+
+
+def _after_filters(original: list[tuple[str, str]], view: Headers) -> list[tuple[str, str]]:
+    """A response's fields after the filters: theirs, with the body's framing as it was."""
+    framing = [(n, v) for n, v in original if n.lower() in _FRAMING]
+    return [*((n, v) for n, v in view if n.lower() not in _FRAMING), *framing]
+
+
+def _filtered_error(run: FilterRun, status: int,
+                    headers: list[tuple[str, str]]) -> tuple[int, list[tuple[str, str]]]:
+    """An error the proxy made, through the response hooks. A filter that fails on it
+    is logged and counted, and the error goes out as it was."""
+    view = Response(status, Headers(headers), source="proxy")
+    try:
+        run.on_response(view)
+    except FilterFailed:
+        return status, headers
+    return view.status, _after_filters(headers, view.headers)
 
 
 def create_app(settings: Settings | None = None, routes: Routes | None = None,

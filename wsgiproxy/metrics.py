@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from .exchange import Exchange
     from .routes_file import Backend, Service
 
-__all__ = ["BUCKETS", "METHODS", "Metrics", "ProcessesCollector", "ReloadMetrics", "exposition"]
+__all__ = ["BUCKETS", "METHODS", "HealthMetrics", "HostMetrics", "Metrics", "ProcessesCollector",
+           "ReloadMetrics", "exposition"]
 
 #: Seconds: sub-millisecond cache hits up to a minute-long stream.
 BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -90,10 +91,27 @@ class Metrics:
             "too slow: its header section (phase=header), a pause in its body "
             "(phase=body), or it stopped reading its response (phase=response).",
             ["phase"])
+        self.filter_errors = counter(
+            "proxy_filter_errors", "Filter hooks that raised (answered 500 in a request or "
+            "response hook; logged only in on_complete), by service and filter.",
+            ["service", "filter"])
         self.host_up = Gauge("proxy_upstream_host_up", "1 while a host is in rotation, 0 "
-                             "while it is ejected after refusing connections (the lowest "
+                             "while it is out: ejected (refused connections, answered "
+                             "errors in a row) or failing its health checks (the lowest "
                              "over live workers).", ["service", "host"], registry=registry,
                              multiprocess_mode="livemin")
+        self.ejections = counter(
+            "proxy_upstream_ejections", "Hosts taken out of rotation, by reason: refused "
+            "(a connection, per worker), consecutive_5xx (per worker), health_check (once, "
+            "by the prober).", ["service", "host", "reason"])
+        self.all_hosts_down = counter(
+            "proxy_upstream_all_hosts_down", "Requests sent to a service's hosts although "
+            "every one was out of rotation.", ["service"])
+        self.retry_budget_exhausted = counter(
+            "proxy_retry_budget_exhausted", "Retries not made because the service's retry "
+            "budget was spent.", ["service"])
+        #: What the upstream client tells about hosts (docs/health.md).
+        self.host_state = HostMetrics(self)
         self.in_flight = Gauge("proxy_requests_in_flight", "Requests being served.",
                                registry=registry, multiprocess_mode="livesum")
         self.tunnels = Gauge("proxy_tunnels_active", "Upgraded connections (WebSocket) "
@@ -116,6 +134,8 @@ class Metrics:
             for result in CACHE_RESULTS:
                 self._child(self.cache, service.name, result)
             self._child(self.tunnels, service.name)
+            self._child(self.all_hosts_down, service.name)
+            self._child(self.retry_budget_exhausted, service.name)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, memoised without a lock (no switch can happen)."""
@@ -152,14 +172,64 @@ class Metrics:
     def tunnel_closed(self, service: str) -> None:
         self._child(self.tunnels, service).dec()
 
-    def host_state(self, service: str, host: Backend, up: bool) -> None:
-        self._child(self.host_up, service, str(host)).set(1 if up else 0)
-
     def cache_error(self, operation: str) -> None:
         self._child(self.cache_errors, operation).inc()
 
     def client_timeout(self, phase: str) -> None:
         self._child(self.client_timeouts, phase).inc()
+
+    def filter_error(self, service: str, name: str) -> None:
+        self._child(self.filter_errors, service, name).inc()
+
+
+class HostMetrics:
+    """The hosts' standing as the upstream client reports it (a
+    :class:`~wsgiproxy.upstream.client.HostEvents`): ``proxy_upstream_host_up``, ejections,
+    requests sent while every host was out, retries the budget refused."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def __call__(self, service: str, host: Backend, up: bool) -> None:
+        m = self._m
+        m._child(m.host_up, service, str(host)).set(1 if up else 0)
+
+    def ejected(self, service: str, host: Backend, reason: str) -> None:
+        m = self._m
+        m._child(m.ejections, service, str(host), reason).inc()
+
+    def all_hosts_down(self, service: str) -> None:
+        m = self._m
+        m._child(m.all_hosts_down, service).inc()
+
+    def retry_budget_exhausted(self, service: str) -> None:
+        m = self._m
+        m._child(m.retry_budget_exhausted, service).inc()
+
+
+class HealthMetrics:
+    """``proxy_health_checks_total``, and the ejections the active checks make: counted
+    once per proxy instance, by the process that probes (under gunicorn the master).
+
+    :param ejections: the ``proxy_upstream_ejections`` counter when this process has one
+        already (``python -m wsgiproxy``: the app's); None registers it here.
+    """
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY,
+                 ejections: Counter | None = None) -> None:
+        self.checks = Counter("proxy_health_checks", "Active health probes of hosts, by "
+                              "result (pass, status, refused, connect_timeout, tls_error, "
+                              "read_timeout, reset, invalid_response).",
+                              ["service", "host", "result"], registry=registry)
+        self.ejections = ejections if ejections is not None else Counter(
+            "proxy_upstream_ejections", "Hosts taken out of rotation, by reason.",
+            ["service", "host", "reason"], registry=registry)
+
+    def checked(self, service: str, host: str, result: str) -> None:
+        self.checks.labels(service, host, result).inc()
+
+    def ejected(self, service: str, host: str) -> None:
+        self.ejections.labels(service, host, "health_check").inc()
 
 
 class ReloadMetrics:

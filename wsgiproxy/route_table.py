@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from .errors import NotFound
+from .filters.chain import Chain, ChainBuilder
 from .policy import ServicePolicy, resolve_policy
-from .router import PROXY_PREFIX, ParsedHost, split_target
+from .router import ParsedHost, split_target, strip_prefix
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -39,6 +40,10 @@ class Channels(Protocol):
     def retire(self, domains: list[str]) -> None: ...
 
 
+#: The chain of a route built without filters (tests' tables).
+NO_FILTERS: Final = Chain("", ())
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """One service, and everything that applies to its requests."""
@@ -46,6 +51,7 @@ class Route:
     service: Service
     policy: ServicePolicy
     channel: Channel
+    filters: Chain = NO_FILTERS  # proxy-level filters, then the service's
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,14 +81,20 @@ class RouteTable:
         self._by_domain = dict(routes)
 
     @classmethod
-    def build(cls, routes: Routes, settings: Settings, channels: Channels) -> RouteTable:
+    def build(cls, routes: Routes, settings: Settings, channels: Channels,
+              chains: ChainBuilder | None = None) -> RouteTable:
         """The table for a routes load. Services that did not change keep their
-        adapters (connections, ejected hosts); adapters of removed services are closed."""
+        adapters (connections, ejected hosts); adapters of removed services are closed.
+        Filters that did not change keep their instances (``chains`` remembers them)."""
+        chains = ChainBuilder() if chains is None else chains
         table = {}
         for service in routes.services:
             policy = resolve_policy(service, settings)
-            table[service.domain] = Route(service, policy, channels.channel(service, policy))
+            table[service.domain] = Route(
+                service, policy, channels.channel(service, policy),
+                chains.chain(service.name, routes.filters, service.filters))
         channels.retire(list(table))
+        chains.commit()
         return cls(table)
 
     def __iter__(self) -> Iterator[Route]:
@@ -93,9 +105,10 @@ class RouteTable:
 
     def resolve(self, host: str | None, raw_target: str) -> RouteMatch:
         """Route one request, raising :class:`NotFound` or :class:`BadRequest`."""
-        parsed, target = split_target(host, raw_target, PROXY_PREFIX)
+        parsed, path = split_target(host, raw_target)
         route = self._by_domain.get(parsed.name)
         if route is None:
             logger.debug("no service for Host %r", parsed.raw)
             raise NotFound(f"no service for host {parsed.name!r}")
-        return RouteMatch(route, target, parsed)
+        # The service's own prefix (docs/routing.md): known only once Host has picked it.
+        return RouteMatch(route, strip_prefix(path, route.service.path_prefix), parsed)

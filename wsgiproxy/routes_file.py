@@ -22,11 +22,16 @@ import jsonschema
 import yaml
 
 from .errors import ConfigError
+from .filters.loading import FilterSpec, build_spec
+from .settings import default_source
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["TLS", "Backend", "Endpoint", "Policy", "Routes", "Service", "load_routes",
+#: ``proxy.path_prefix`` when the file names none (docs/routing.md).
+DEFAULT_PATH_PREFIX = "/proxy/"
+
+__all__ = ["TLS", "Backend", "Endpoint", "HealthCheck", "Policy", "Routes", "Service", "load_routes",
            "normalize_domain", "parse_routes", "parse_routes_text", "read_routes"]
 
 
@@ -83,6 +88,26 @@ class Policy:
     max_request_body_bytes: int | None = None
     cache_enabled: bool | None = None
     cache_ttl_seconds: float | None = None
+    health_check: HealthCheck | None = None  # None: the hosts are not probed
+    outlier_consecutive_5xx: int | None = None
+    outlier_base_ejection_seconds: float | None = None
+    outlier_max_ejection_percent: float | None = None
+    retry_on_status: tuple[int, ...] | None = None
+    retry_budget_percent: float | None = None
+    retry_budget_min_per_second: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """A service's ``health_check`` as written (docs/health.md); None wherever the global
+    setting applies."""
+
+    path: str | None = None
+    interval_seconds: float | None = None
+    timeout_seconds: float | None = None
+    healthy_threshold: int | None = None
+    unhealthy_threshold: int | None = None
+    expect_status: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +119,20 @@ class Service:
     hosts: tuple[Backend, ...]
     tls: TLS | None = None  # plain HTTP when None
     policy: Policy = field(default_factory=Policy)
+    #: Its own filters (docs/filters.md). Not part of what makes a service "unchanged"
+    #: for its connections: a reload that changes only filters keeps the pools.
+    filters: tuple[FilterSpec, ...] = field(default=(), compare=False)
+    #: Only paths under it are proxied, without it (docs/routing.md): the service's
+    #: ``path_prefix``, else ``proxy.path_prefix``. Not compared either: a reload that
+    #: changes only the prefix keeps the pools.
+    path_prefix: str = field(default=DEFAULT_PATH_PREFIX, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Routes:
     listen: Endpoint
     services: tuple[Service, ...]
+    filters: tuple[FilterSpec, ...] = ()  # proxy.filters: run for every service, first
 
 
 def normalize_domain(host: str) -> str:
@@ -158,6 +191,7 @@ def parse_routes(data: Any, source: str = "<routes>") -> Routes:
         raise ConfigError(f"{source}: {_describe(errors[0])}")
 
     proxy = data["proxy"]
+    prefix = proxy.get("path_prefix", DEFAULT_PATH_PREFIX)
     services: list[Service] = []
     seen_domains: dict[str, int] = {}
     seen_names: dict[str, int] = {}
@@ -178,9 +212,25 @@ def parse_routes(data: Any, source: str = "<routes>") -> Routes:
                       for h in raw["hosts"])
         where = f"{source}: proxy.services[{i}]"
         services.append(Service(name=raw["name"], domain=domain, hosts=hosts,
-                                tls=_tls(raw.get("tls"), where), policy=_policy(raw)))
+                                tls=_tls(raw.get("tls"), where), policy=_policy(raw),
+                                filters=_filters(raw, f"proxy.services[{i}]", source,
+                                                 raw["name"]),
+                                path_prefix=raw.get("path_prefix", prefix)))
     listen = Endpoint(proxy["listen"]["address"], proxy["listen"]["port"])
-    return Routes(listen=listen, services=tuple(services))
+    return Routes(listen=listen, services=tuple(services),
+                  filters=_filters(proxy, "proxy", source, None))
+
+
+def _filters(raw: dict[str, Any], where: str, source: str,
+             service: str | None) -> tuple[FilterSpec, ...]:
+    """The entries' filters, each found, checked and built now (docs/filters.md)."""
+    return tuple(build_spec(entry, f"{where}.filters[{j}]", source, service, _describe,
+                            _setting)
+                 for j, entry in enumerate(raw.get("filters", ())))
+
+
+def _setting(name: str, default: str) -> str:
+    return str(default_source()(name, default=default))
 
 
 def _policy(raw: dict[str, Any]) -> Policy:
@@ -192,7 +242,34 @@ def _policy(raw: dict[str, Any]) -> Policy:
                   eject_seconds=raw.get("eject_seconds"),
                   max_request_body_bytes=raw.get("max_request_body_bytes"),
                   cache_enabled=cached.get("enabled"),
-                  cache_ttl_seconds=cached.get("ttl_seconds"))
+                  cache_ttl_seconds=cached.get("ttl_seconds"),
+                  health_check=_health_check(raw.get("health_check")),
+                  **_outlier_and_budget(raw.get("outlier", {}), retries))
+
+
+def _statuses(raw: list[int] | None) -> tuple[int, ...] | None:
+    return None if raw is None else tuple(sorted(set(raw)))
+
+
+def _health_check(raw: bool | dict[str, Any] | None) -> HealthCheck | None:
+    """``health_check: true`` probes with every default; a mapping overrides some."""
+    if raw is None or raw is False:
+        return None
+    raw = {} if raw is True else raw
+    return HealthCheck(path=raw.get("path"), interval_seconds=raw.get("interval_seconds"),
+                       timeout_seconds=raw.get("timeout_seconds"),
+                       healthy_threshold=raw.get("healthy_threshold"),
+                       unhealthy_threshold=raw.get("unhealthy_threshold"),
+                       expect_status=_statuses(raw.get("expect_status")))
+
+
+def _outlier_and_budget(outlier: dict[str, Any], retries: dict[str, Any]) -> dict[str, Any]:
+    return {"outlier_consecutive_5xx": outlier.get("consecutive_5xx"),
+            "outlier_base_ejection_seconds": outlier.get("base_ejection_seconds"),
+            "outlier_max_ejection_percent": outlier.get("max_ejection_percent"),
+            "retry_on_status": _statuses(retries.get("on_status")),
+            "retry_budget_percent": retries.get("budget_percent"),
+            "retry_budget_min_per_second": retries.get("min_retries_per_second")}
 
 
 def _tls(raw: bool | dict[str, Any] | None, where: str) -> TLS | None:
