@@ -125,6 +125,37 @@ def _networks(name: str, raw: str) -> tuple[Network, ...]:
     return tuple(out)
 
 
+def _statuses(name: str, raw: str) -> tuple[int, ...]:
+    """Comma-separated HTTP status codes (``502,503,504``); empty: none."""
+    out = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit() or not 100 <= int(part) <= 599:
+            raise ConfigError(f"{name}: must be comma-separated status codes from 100 to "
+                              f"599, got {raw!r}")
+        out.append(int(part))
+    return tuple(sorted(set(out)))
+
+
+def _percent(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 100:
+        raise ConfigError(f"{name}: must be a percentage from 0 to 100, got {raw!r}")
+    return value
+
+
+def _check_path(name: str, raw: str) -> str:
+    raw = raw.strip()
+    if not re.fullmatch(r"/[\x21-\x7e]*", raw):
+        raise ConfigError(f"{name}: must be a path starting with '/', got {raw!r}")
+    return raw
+
+
 _TRUE: Final = ("1", "on", "true", "yes")
 _FALSE: Final = ("0", "off", "false", "no")
 
@@ -184,6 +215,10 @@ class Settings:
         "", _cache_url,
         "empty: bounded in-process memory; redis://host:port/db: one cache shared by every "
         "worker and replica")
+    rate_limit_url: str = _setting(
+        "", _cache_url,
+        "where rate_limit filters keep their counts: redis://host:port/db shares them "
+        "across workers and replicas; empty: CACHE_URL if it is Redis, else per process")
     cache_max_entries: int = _setting("10000", _positive_int, "LRU bound of the in-memory cache")
     cache_max_object_bytes: int = _setting(
         "1048576", _non_negative_int, "larger responses stream through and are not stored")
@@ -229,6 +264,39 @@ class Settings:
         "longest pause between two reads of a request body (and between two writes of "
         "a response to a client that does not read); then 408 if nothing was answered "
         "yet, and the connection is closed")
+    # -- health and retries (docs/health.md): each a service's default ------------------
+    health_check_path: str = _setting(
+        "/healthz", _check_path,
+        "what a service's `health_check` requests from each host (GET), unless it says")
+    health_check_interval_seconds: float = _setting(
+        "5", _positive_float, "time between two probes of a host")
+    health_check_timeout_seconds: float = _setting(
+        "1", _positive_float, "a probe not answered within it fails")
+    health_check_healthy_threshold: int = _setting(
+        "2", _positive_int, "probes passed in a row that bring a failing host back")
+    health_check_unhealthy_threshold: int = _setting(
+        "3", _positive_int, "probes failed in a row that take a host out of rotation")
+    health_check_expect_status: tuple[int, ...] = _setting(
+        "200", _statuses, "comma-separated statuses a passing probe answers with")
+    outlier_consecutive_5xx: int = _setting(
+        "5", _non_negative_int,
+        "5xx answers (or broken exchanges) in a row that eject a host; 0: never")
+    outlier_base_ejection_seconds: float = _setting(
+        "30", _non_negative_float,
+        "an ejected host is out this long times the number of its ejections (at most 300 s)")
+    outlier_max_ejection_percent: float = _setting(
+        "50", _percent,
+        "the most of a service's hosts ejected for errors at once (one host always serves)")
+    retry_on_status: tuple[int, ...] = _setting(
+        "502,503,504", _statuses,
+        "comma-separated statuses retried (idempotent methods only); empty: none")
+    retry_budget_percent: float = _setting(
+        "20", _percent,
+        "retries a service may add, as a percentage of its requests (over 10 s, per "
+        "process)")
+    retry_budget_min_per_second: float = _setting(
+        "10", _non_negative_float,
+        "retries per second allowed on top of the percentage (for quiet services)")
     log_level: str = _setting(
         "INFO", _log_level, "level of the application log (the access log is always written)")
     # -- the server ------------------------------------------------------------------

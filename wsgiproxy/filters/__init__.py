@@ -306,6 +306,11 @@ class Filter:
         """After the response has ended (or was broken off); exceptions are logged only."""
         return None
 
+    def describe(self) -> str | None:
+        """One line for ``--check-config`` on what the filter will do, where its effect
+        is not plain from its config (a rate limit's effective rate); None: nothing."""
+        return None
+
     def close(self) -> None:
         """The routes no longer use this filter (a reload dropped or changed it)."""
         return None

@@ -26,7 +26,10 @@ from . import API_VERSION, Context, Filter, InvalidConfig
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["BUILTINS", "ENTRY_POINT_GROUP", "FilterSpec", "build_spec", "find_filter"]
+    from ..routes_file import Routes
+
+__all__ = ["BUILTINS", "ENTRY_POINT_GROUP", "FilterSpec", "build_spec", "descriptions",
+           "find_filter"]
 
 ENTRY_POINT_GROUP: Final = "wsgiproxy.filters"
 
@@ -119,3 +122,16 @@ def build_spec(raw: dict[str, Any], where: str, source: str, service: str | None
                           f"{type(exc).__name__}: {exc}") from None
     built.name = use
     return FilterSpec(use, json.dumps(config, sort_keys=True, default=str), where, built)
+
+
+def descriptions(routes: Routes) -> list[str]:
+    """``--check-config``'s lines on what filters will do (:meth:`Filter.describe`)."""
+    placed = [("proxy", routes.filters)]
+    placed += [(f"service {s.name}", s.filters) for s in routes.services]
+    out = []
+    for where, specs in placed:
+        for spec in specs:
+            line = spec.built.describe()
+            if line:
+                out.append(f"{where}: {spec.use}: {line}")
+    return out

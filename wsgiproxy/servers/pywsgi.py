@@ -328,7 +328,9 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run until SIGTERM or SIGINT, then drain; a bad setting or routes file, or a port
     that is taken, exits 2 with one line."""
+    from ..filters.loading import descriptions
     from ..handler import create_app
+    from ..health.state import apply_to_apps
     from ..metrics import exposition
 
     args = arguments(argv)
@@ -336,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     settings, routes = config.settings, config.routes
     if args.check_config:
         print(f"ok: {plural(len(routes.services), 'service')}")
+        for line in descriptions(routes):
+            print(line)
         return 0
     app = create_app(settings, routes)
     control = ControlPlane(config, accept=lambda new, _text: app.reload(new),
@@ -352,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         cannot_listen("proxy.listen", (routes.listen.address, routes.listen.port), error)
     control.started()
+    # The prober in this process: its verdicts go straight into the app's balancers.
+    control.probe(apply_to_apps, None if app.metrics is None else app.metrics.ejections)
     logger.info("%s", listening_line([f"http://{routes.listen}"], "pywsgi",
                                       settings.metrics_addr, len(routes.services)))
     control.watch(lambda: control.reload("file changed"))
