@@ -7,12 +7,14 @@
   ``[app.test]:x``, ``app.test:80:80``, spaces, userinfo) is 400 before routing: a
   host that builds links from Host would otherwise put the stranger's text in them,
   and a cache would serve that to everyone.
-* :func:`split_target` cuts the proxy's prefix (``/proxy/``) off the raw target and
-  keeps the rest byte-for-byte: no decoding, re-encoding or normalising, so ``%2F``
-  stays ``%2F`` and ``/proxy/../x`` arrives as ``/../x``. An absolute-form target
-  (``GET http://a.example/proxy/x``) names the host itself; RFC 9112 §3.2.2 says to
-  use it instead of ``Host``. Either way only services from the routes file can
-  match, so such a target is no way out.
+* :func:`split_target` reads the host and the path from the raw target. An
+  absolute-form target (``GET http://a.example/proxy/x``) names the host itself; RFC
+  9112 §3.2.2 says to use it instead of ``Host``. Either way only services from the
+  routes file can match, so such a target is no way out.
+* :func:`strip_prefix` cuts a service's path prefix (``proxy.path_prefix``, ``/proxy/``
+  unless the routes file says otherwise; ``/`` cuts nothing) off the path and keeps the
+  rest byte-for-byte: no decoding, re-encoding or normalising, so ``%2F`` stays ``%2F``
+  and ``/proxy/../x`` arrives as ``/../x``.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from typing import Final
 from .errors import BadRequest, NotFound
 from .routes_file import normalize_domain
 
-__all__ = ["PROXY_PREFIX", "ParsedHost", "parse_host", "split_target"]
+__all__ = ["PROXY_PREFIX", "ParsedHost", "parse_host", "split_target", "strip_prefix"]
 
+#: The path prefix when the routes file names none: the proxy shares a site's paths
+#: with whatever else serves them, and only this subtree is forwarded (docs/routing.md).
 PROXY_PREFIX: Final = "/proxy/"
 
 # A registered name as DNS writes it (letters, digits, '-', '_', dots between labels),
@@ -87,17 +91,22 @@ def _split_absolute(raw_target: str) -> tuple[str, str]:
     return authority, slash + path if slash else "/"
 
 
-def split_target(host: str | None, raw_target: str,
-                 prefix: str = PROXY_PREFIX) -> tuple[ParsedHost, str]:
-    """The request's host and the target to forward, or :class:`NotFound` /
+def split_target(host: str | None, raw_target: str) -> tuple[ParsedHost, str]:
+    """The request's host and its path (with the query), or :class:`NotFound` /
     :class:`BadRequest`."""
     if not raw_target.startswith("/"):
         if raw_target == "*":
-            raise NotFound(f"no such path: only {prefix} paths are proxied")
+            raise NotFound("no such path: '*' is not proxied")
         host, raw_target = _split_absolute(raw_target)
     if not host:
         raise BadRequest("missing Host header")
-    parsed = parse_host(host)
-    if not raw_target.startswith(prefix):
+    return parse_host(host), raw_target
+
+
+def strip_prefix(path: str, prefix: str = PROXY_PREFIX) -> str:
+    """The target to forward: ``path`` without ``prefix`` but its last ``/``, or
+    :class:`NotFound` when the path is not under it. The prefix is compared as written
+    (case-sensitive, no decoding): ``/PROXY/x`` and ``/%70roxy/x`` are not under it."""
+    if not path.startswith(prefix):
         raise NotFound(f"no such path: only {prefix} paths are proxied")
-    return parsed, raw_target[len(prefix) - 1:]
+    return path[len(prefix) - 1:]
