@@ -83,6 +83,13 @@ PANELS = [
      [(f"instance:process_resident_memory_bytes:sum{{{INST}}}", "{{instance}}"),
       (f"instance_pid:process_resident_memory_bytes:sum{{{INST}}}",
        "{{instance}} {{role}} {{pid}}")]),
+    ("Rate limited and filter errors", "Share of each service's requests answered 429 "
+     "by a rate_limit filter; filter hooks raising per second (answered 500); requests "
+     "let through uncounted because the rate-limit Redis failed.", "short",
+     [(f"service:proxy_rate_limited:ratio_rate5m{{{SEL}}}", "limited share {{service}}"),
+      (f"service_filter:proxy_filter_errors:rate5m{{{SEL}}}",
+       "errors/s {{service}} {{filter}}"),
+      (f"instance:proxy_rate_limit_errors:rate5m{{{INST}}}", "uncounted/s {{instance}}")]),
     ("Open connections and tunnels per instance", "Open file descriptors (client and "
      "upstream sockets) and WebSocket tunnels of each pod.", "short",
      [(f"instance:process_open_fds:sum{{{INST}}}", "fds {{instance}}"),

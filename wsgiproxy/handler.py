@@ -202,6 +202,7 @@ class ProxyApp:
         self._tunnels = 0  # open (or opening) upgraded connections
         self.chains = ChainBuilder(metrics.filter_error if metrics is not None else None)
         self.table = RouteTable.build(routes, settings, upstream, self.chains)
+        self._track_filters()
         ProxyApp._instances.add(self)
 
     @classmethod
@@ -428,6 +429,12 @@ class ProxyApp:
         if self.metrics is not None:
             self.metrics.track(routes.services)
         self.table = RouteTable.build(routes, self.settings, self.upstream, self.chains)
+        self._track_filters()
+
+    def _track_filters(self) -> None:
+        if self.metrics is not None:
+            self.metrics.track_filters((route.service.name, f.name)
+                                       for route in self.table for f in route.filters.filters)
 
     def close(self) -> None:
         """Close the upstream connections and write out the buffered access log."""

@@ -181,6 +181,11 @@ class Metrics:
     def filter_error(self, service: str, name: str) -> None:
         self._child(self.filter_errors, service, name).inc()
 
+    def track_filters(self, placed: Iterable[tuple[str, str]]) -> None:
+        """Start the error series of each (service, filter) a routes load runs."""
+        for service, name in placed:
+            self._child(self.filter_errors, service, name)
+
 
 class HostMetrics:
     """The hosts' standing as the upstream client reports it (a
@@ -211,11 +216,14 @@ class HealthMetrics:
     """``proxy_health_checks_total``, and the ejections the active checks make: counted
     once per proxy instance, by the process that probes (under gunicorn the master).
 
+    :param registry: None in gunicorn's master: the workers it forks register their own
+        ``proxy_upstream_ejections`` in the registry they inherit, and in multiprocess
+        mode the master's values reach the files whatever the registry.
     :param ejections: the ``proxy_upstream_ejections`` counter when this process has one
-        already (``python -m wsgiproxy``: the app's); None registers it here.
+        already (``python -m wsgiproxy``: the app's); None makes one here.
     """
 
-    def __init__(self, registry: CollectorRegistry = REGISTRY,
+    def __init__(self, registry: CollectorRegistry | None = REGISTRY,
                  ejections: Counter | None = None) -> None:
         self.checks = Counter("proxy_health_checks", "Active health probes of hosts, by "
                               "result (pass, status, refused, connect_timeout, tls_error, "

@@ -206,6 +206,8 @@ class RateLimit(Filter):
         self.path_prefix: str = config.get("path_prefix", "/")
         self.url = counts_url(context)
         self.scope = context.service or "*"  # proxy-level limits span every service
+        if context.service is not None:
+            LIMITED.labels(context.service)  # the series starts at 0, for rate() to see
         digest = hashlib.sha256(repr(sorted(config.items())).encode()).hexdigest()[:12]
         self._prefix = f"wsgiproxy:ratelimit:{self.scope}:{digest}:"
         window = math.ceil(self.gcra.burst * self.gcra.interval / 1e6)
