@@ -20,6 +20,16 @@ $(STAMP): requirements.txt requirements-runtime.txt $(EXAMPLE)/pyproject.toml
 
 install: $(STAMP)
 
+# make demo needs only what the proxy runs on (requirements-runtime.txt, as the image
+# installs); a full install above has it already.
+RUNTIME_STAMP := $(VENV)/.runtime-$(shell cat requirements-runtime.txt | cksum | cut -d' ' -f1)
+$(RUNTIME_STAMP): requirements-runtime.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
+	    { echo "make: cannot create $(VENV) with $(PYTHON) -m venv (Debian: apt-get install python3-venv)"; exit 1; }
+	@test -f $(STAMP) || { echo "installing the run-time requirements into $(VENV)"; \
+	    $(BIN)/python -m pip install --quiet -r requirements-runtime.txt; }
+	@rm -f $(VENV)/.runtime-* && touch $@
+
 run: install            ## the proxy on gevent's pywsgi (routes: CONFIGURATION_FILENAME)
 	$(BIN)/python -m wsgiproxy
 
@@ -29,14 +39,19 @@ gunicorn: install       ## the proxy under gunicorn (reads ./gunicorn.conf.py)
 check-config: install   ## check the settings and the routes file, then exit
 	$(BIN)/python -m wsgiproxy --check-config
 
-demo: install           ## three sample backends + the proxy; Ctrl-C stops them all
+demo: $(RUNTIME_STAMP)  ## a sample backend per host of the routes file + the proxy (docs/try-it.md)
 	$(BIN)/python scripts/demo.py
 
+# System packages are installed only as root with apt-get, always said first, and never
+# with NO_SYSTEM_PACKAGES=1 (the tests that need them are then skipped).
 test-tools:             # Prometheus, promtool, Alertmanager, amtool (Debian) for the monitoring tests
 	@if command -v promtool >/dev/null && command -v prometheus >/dev/null \
 	    && command -v amtool >/dev/null; then :; \
+	elif [ -n "$(NO_SYSTEM_PACKAGES)" ]; then \
+	    echo "make test: no prometheus/promtool/amtool, NO_SYSTEM_PACKAGES set: their tests will be skipped"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing prometheus, prometheus-alertmanager (Debian) for the monitoring tests"; \
+	    echo "make test: installing the Debian packages prometheus and prometheus-alertmanager" \
+	        "with apt-get (as root) for the monitoring tests; NO_SYSTEM_PACKAGES=1 skips this"; \
 	    apt-get install -y -q prometheus prometheus-alertmanager >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null && \
 	      apt-get install -y -q prometheus prometheus-alertmanager >/dev/null; } || \
@@ -64,7 +79,9 @@ load-test: install      ## Locust headless: LOAD_TEST_USERS (20) for LOAD_TEST_D
 bench-tools:            # nginx, its echo module and wrk: Debian packages
 	@if { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null 2>&1 && command -v wrk >/dev/null \
 	    && test -f /usr/lib/nginx/modules/ngx_http_echo_module.so; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	elif [ -z "$(NO_SYSTEM_PACKAGES)" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make bench: installing the Debian packages nginx, wrk and libnginx-mod-http-echo" \
+	        "with apt-get (as root); NO_SYSTEM_PACKAGES=1 skips this"; \
 	    apt-get install -y -q nginx wrk libnginx-mod-http-echo >/dev/null || \
 	    { apt-get update -q >/dev/null && apt-get install -y -q nginx wrk libnginx-mod-http-echo >/dev/null; }; \
 	else echo "make bench needs: sudo apt-get install -y nginx wrk libnginx-mod-http-echo"; exit 1; fi

@@ -51,15 +51,25 @@ console.log(JSON.stringify({ tally, failed }))
 """
 
 
+def _step(argv: list[str], failed: str, cwd: Path | None = None) -> None:
+    """Run one set-up step; if it fails, one line saying what is missing, no traceback."""
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        lines = [line.strip() for line in (done.stderr or done.stdout).splitlines()
+                 if line.strip()]
+        raise SystemExit(f"make cache-tests: {failed} ({lines[-1] if lines else argv[0]})")
+
+
 def suite() -> Path:
     if not (SUITE / "package.json").exists():
         source = os.environ.get("CACHE_TESTS_REPO", DEFAULT_SOURCE)
         print(f"cloning the cache test suite from {source} into {SUITE}", flush=True)
-        subprocess.run(["git", "clone", "--quiet", "--depth", "1", source, str(SUITE)],
-                       check=True)
+        _step(["git", "clone", "--quiet", "--depth", "1", source, str(SUITE)],
+              f"cannot clone the cache test suite from {source}; without the network, "
+              "set CACHE_TESTS_REPO to a clone of it")
     if not (SUITE / "node_modules").exists():
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"],
-                       cwd=SUITE, check=True)
+        _step(["npm", "install", "--no-audit", "--no-fund", "--silent"],
+              f"cannot install the suite's npm dependencies in {SUITE}", cwd=SUITE)
     return SUITE
 
 

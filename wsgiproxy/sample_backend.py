@@ -7,12 +7,17 @@ Not part of the proxy. Each instance says which one answered (``X-Instance`` hea
 
 Endpoints (any method):
 
-* ``/cacheable``  — JSON, ``Cache-Control: public, max-age=60`` and an ETag
+* ``/cacheable`` — JSON, ``Cache-Control: public, max-age=60`` and an ETag;
+  ``?max-age=N``, ``&stale-if-error=N`` and ``&stale-while-revalidate=N`` say otherwise;
+  ``?cdn-max-age=N``: ``CDN-Cache-Control: max-age=N`` and ``Cache-Control: no-store``
 * ``/uncacheable`` — JSON, ``Cache-Control: no-store``
 * ``/slow?ms=100`` — answers after that many milliseconds
 * ``/large?bytes=N`` — N bytes, streamed in 64 KiB pieces
 * ``/status/<code>`` — that status
+* ``/echo`` with a WebSocket handshake — a WebSocket echo (``wsgiproxy.sample_websocket``)
 * anything else — echoes method, path, query, headers and body size as JSON
+
+docs/try-it.md lists them with examples that go through the demo.
 """
 
 from __future__ import annotations
@@ -28,12 +33,14 @@ import gevent
 import gevent.socket
 from gevent import pywsgi
 
+from .sample_websocket import serve_echo
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-__all__ = ["SampleBackend", "main"]
+__all__ = ["EchoingHandler", "SampleBackend", "main"]
 
 _CHUNK = 64 * 1024
 
@@ -44,6 +51,19 @@ def _int_arg(environ: WSGIEnvironment, name: str, default: int) -> int:
         return int(values[0]) if values else default
     except ValueError:
         return default
+
+
+def _cache_control(environ: WSGIEnvironment) -> list[tuple[str, str]]:
+    """``Cache-Control: public, max-age=60``, or what the query asks for."""
+    cdn = _int_arg(environ, "cdn-max-age", -1)
+    if cdn >= 0:  # for shared caches only (RFC 9213): browsers store nothing
+        return [("Cache-Control", "no-store"), ("CDN-Cache-Control", f"max-age={cdn}")]
+    value = f"public, max-age={_int_arg(environ, 'max-age', 60)}"
+    for name in ("stale-if-error", "stale-while-revalidate"):
+        seconds = _int_arg(environ, name, -1)
+        if seconds >= 0:
+            value += f", {name}={seconds}"
+    return [("Cache-Control", value)]
 
 
 class SampleBackend:
@@ -62,7 +82,7 @@ class SampleBackend:
         base = [("X-Instance", self.name)]
         if path == "/cacheable":
             return self._json(start_response, {"instance": self.name, "cacheable": True},
-                              [*base, ("Cache-Control", "public, max-age=60")], etag=True)
+                              [*base, *_cache_control(environ)], etag=True)
         if path == "/uncacheable":
             return self._json(start_response, {"instance": self.name, "cacheable": False},
                               [*base, ("Cache-Control", "no-store")])
@@ -116,6 +136,23 @@ class SampleBackend:
         return [out]
 
 
+class EchoingHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
+    """pywsgi's handler, plus a WebSocket echo on ``/echo``: a WSGI app cannot take its
+    connection over, so the handshake is answered here, before the app."""
+
+    def handle_one_response(self) -> None:
+        env = self.environ
+        key = env.get("HTTP_SEC_WEBSOCKET_KEY")
+        if (env.get("PATH_INFO") == "/echo" and key
+                and env.get("HTTP_UPGRADE", "").lower() == "websocket"):
+            self.status = "101 Switching Protocols"
+            serve_echo(self.rfile, self.socket, key,
+                       [f"X-Instance: {self.application.name}"])
+            self.close_connection = True
+            return
+        super().handle_one_response()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--address", default="127.0.0.1")
@@ -129,9 +166,14 @@ def main(argv: list[str] | None = None) -> None:
     listener = gevent.socket.socket()
     listener.setsockopt(gevent.socket.SOL_SOCKET, gevent.socket.SO_REUSEADDR, 1)
     listener.setsockopt(gevent.socket.IPPROTO_TCP, gevent.socket.TCP_NODELAY, 1)
-    listener.bind((args.address, args.port))
+    try:
+        listener.bind((args.address, args.port))
+    except OSError as exc:  # one line, as the proxy says it (docs/running.md)
+        raise SystemExit(f"sample backend {name!r}: cannot listen on {args.address}:"
+                         f"{args.port}: {exc.strerror or exc}") from None
     listener.listen(1024)
-    server = pywsgi.WSGIServer(listener, SampleBackend(name), log=None)
+    server = pywsgi.WSGIServer(listener, SampleBackend(name), log=None,
+                               handler_class=EchoingHandler)
     print(f"sample backend {name!r} on http://{args.address}:{args.port}/", flush=True)
     try:
         server.serve_forever()
