@@ -56,20 +56,32 @@ def test_the_wildcards(expected, actual, ok):
     assert matches(expected, actual) is ok
 
 
-def test_a_wrong_example_fails(tmp_path, workspace):
-    """The examples this runner was written for: what the pages used to claim."""
+@pytest.mark.timeout(120)
+def test_the_old_wrong_examples_fail(tmp_path, workspace):
+    """What the pages used to claim: ``ok: 1 services``, and a HIT for a lifetime longer
+    than HTTP_CACHE_TTL_SECONDS keeps an entry (here both scaled down: a 1 s setting, a
+    5 s lifetime), which is a MISS once the setting has run out."""
     page = tmp_path / "old.md"
     page.write_text(textwrap.dedent("""\
         ```console
         $ .venv/bin/python -m wsgiproxy --check-config
         ok: 1 services
+        $ HTTP_CACHE_TTL_SECONDS=1 make demo
+        ...
+        $ curl -si -H 'Host: my-service.my-company.com' \\
+            'http://127.0.0.1:8080/proxy/cacheable?cdn-max-age=5' | grep X-Cache
+        X-Cache: MISS
+        $ sleep 2
+        $ curl -si -H 'Host: my-service.my-company.com' \\
+            'http://127.0.0.1:8080/proxy/cacheable?cdn-max-age=5' | grep X-Cache
+        X-Cache: HIT
         ```
         """))
-    example = read_page(page).examples[0]
-    example.path = REPO / "docs" / "old.md"  # only for its name in the report
-    actual, why = workspace.run(example)
-    assert why == "output differs"
-    assert actual == ["ok: 2 services"]
+    results = [workspace.run(example) for example in read_page(page).examples]
+    assert results[0][0][0] == "ok: 3 services"
+    assert results[0][1] == "output differs"
+    assert [why for _, why in results[1:4]] == ["", "", ""]
+    assert results[4] == (["X-Cache: MISS"], "output differs")
 
 
 def test_the_routes_file_is_tracked_and_not_ignored():
