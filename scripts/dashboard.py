@@ -51,7 +51,8 @@ PANELS = [
      "retryable_status, refused, connect_timeout, read_timeout, reset, invalid_response.",
      "reqps", [(f"service_outcome:proxy_upstream_attempts:rate5m{{{SEL}}}",
                 "{{service}} {{outcome}}")]),
-    ("Hosts up", "1 while a host is in rotation, 0 while ejected after refusing connections.",
+    ("Hosts up", "1 while a host is in rotation, 0 while it is out: refusing connections, "
+     "failing its health checks or ejected for errors.",
      "none", [(f"service_host:proxy_upstream_host_up:min{{{SEL}}}", "{{service}} {{host}}")]),
     ("Responses by status", "Requests answered per second, by status code.", "reqps",
      [(f"service_code:proxy_requests:rate5m{{{SEL}}}", "{{service}} {{code}}")]),
@@ -94,6 +95,19 @@ PANELS = [
      "upstream sockets) and WebSocket tunnels of each pod.", "short",
      [(f"instance:process_open_fds:sum{{{INST}}}", "fds {{instance}}"),
       (f"instance:proxy_tunnels_active:sum{{{INST}}}", "tunnels {{instance}}")]),
+    ("Hosts out of rotation and ejections", "Hosts of each service out of rotation now, "
+     "and ejections per second by reason (refused, consecutive_5xx, health_check); "
+     "docs/health.md.", "short",
+     [(f"service:proxy_upstream_hosts_out:count{{{SEL}}}", "out {{service}}"),
+      (f"service_reason:proxy_upstream_ejections:rate5m{{{SEL}}}",
+       "ejections/s {{service}} {{reason}}")]),
+    ("Retry budget and failing probes", "Retries refused by each service's retry budget, "
+     "requests sent while every host was out, and failed health probes by result, per "
+     "second.", "short",
+     [(f"service:proxy_retry_budget_exhausted:rate5m{{{SEL}}}", "budget spent {{service}}"),
+      (f"service:proxy_upstream_all_hosts_down:rate5m{{{SEL}}}", "all down {{service}}"),
+      (f'service_result:proxy_health_checks:rate5m{{{SEL},result!="pass"}}',
+       "probes {{service}} {{result}}")]),
 ]
 
 

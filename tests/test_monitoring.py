@@ -55,7 +55,7 @@ def series_names(expr: str) -> set[str]:
     words = {"sum", "by", "rate", "histogram_quantile", "count", "min", "max", "and", "or",
              "unless", "without", "avg", "le", "service", "host", "code", "outcome",
              "operation", "job", "bool", "on", "instance", "pid", "role", "ignoring",
-             "filter"}
+             "filter", "reason", "result"}
     return {n for n in names if n not in words and not n.isdigit()}
 
 
@@ -102,7 +102,8 @@ def test_every_alert_is_unit_tested_and_explains_itself():
         "WsgiproxyLatencyBudgetBurnFast", "WsgiproxyLatencyBudgetBurnSlow",
         "WsgiproxyAllHostsDown", "WsgiproxyHostDown", "WsgiproxyCacheBackendErrors",
         "WsgiproxyConfigReloadFailed", "WsgiproxyInstanceDown", "WsgiproxyMetricsAbsent",
-        "WsgiproxyRateLimitedHeavily", "WsgiproxyRateLimitStoreFailing", "WsgiproxyFilterErrors"}
+        "WsgiproxyRateLimitedHeavily", "WsgiproxyRateLimitStoreFailing", "WsgiproxyFilterErrors",
+        "WsgiproxyHostsEjectedRepeatedly", "WsgiproxyRetryBudgetExhausted"}
     for alert in alerts:
         name = alert["alert"]
         # each alert has a case where it fires and one where it must not (exp_alerts: [])
@@ -152,8 +153,8 @@ def test_promtool_check_metrics_on_a_real_scrape(backend, start_proxy):
 # -- dashboard, rules and metrics agree ---------------------------------------------------------
 def exported_metric_names(backend, start_proxy) -> set[str]:
     b = backend(lambda seen: Reply(200, [("Cache-Control", "max-age=60")], b"x"))
-    # with a filter, so that the filters' series exist too
-    p = start_proxy({DOMAIN: {"hosts": [b.port], "filters": [
+    # with a filter and health checks, so that the filters' and the probes' series exist too
+    p = start_proxy({DOMAIN: {"hosts": [b.port], "health_check": True, "filters": [
         {"use": "rate_limit", "config": {"limit": "1000/second"}}]}})
     with session() as s:
         for _ in range(2):
@@ -326,7 +327,7 @@ class Prometheus:
 @needs_prometheus
 def test_prometheus_scrapes_the_proxy_and_records_the_slis(backend, start_proxy, tmp_path):
     b = backend(lambda seen: Reply(200, [("Cache-Control", "max-age=60")], b"x"))
-    p = start_proxy({DOMAIN: {"hosts": [b.port], "filters": [
+    p = start_proxy({DOMAIN: {"hosts": [b.port], "health_check": True, "filters": [
         {"use": "rate_limit", "config": {"limit": "1000/second"}}]}},
         server="gunicorn", workers=2)
     prometheus = Prometheus(tmp_path, p.metrics_port)

@@ -131,6 +131,8 @@ class Metrics:
             for host in service.hosts:
                 if (id(self.host_up), service.name, str(host)) not in self._children:
                     self._child(self.host_up, service.name, str(host)).set(1)
+                for reason in ("refused", "consecutive_5xx"):
+                    self._child(self.ejections, service.name, str(host), reason)
             for result in CACHE_RESULTS:
                 self._child(self.cache, service.name, result)
             self._child(self.tunnels, service.name)
@@ -232,6 +234,12 @@ class HealthMetrics:
         self.ejections = ejections if ejections is not None else Counter(
             "proxy_upstream_ejections", "Hosts taken out of rotation, by reason.",
             ["service", "host", "reason"], registry=registry)
+
+    def start(self, service: str, host: str) -> None:
+        """A host is probed from now on: its series start at 0."""
+        for result in ("pass", "status"):
+            self.checks.labels(service, host, result)
+        self.ejections.labels(service, host, "health_check")
 
     def checked(self, service: str, host: str, result: str) -> None:
         self.checks.labels(service, host, result).inc()

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 #: ``proxy.path_prefix`` when the file names none (docs/routing.md).
 DEFAULT_PATH_PREFIX = "/proxy/"
 
-__all__ = ["TLS", "Backend", "Endpoint", "HealthCheck", "Policy", "Routes", "Service", "load_routes",
-           "normalize_domain", "parse_routes", "parse_routes_text", "read_routes"]
+__all__ = ["TLS", "Backend", "Endpoint", "HealthCheck", "Policy", "Routes", "Service",
+           "load_routes", "normalize_domain", "parse_routes", "parse_routes_text", "read_routes"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,9 +8,10 @@ workers) share this module and supply only what differs between them:
   prints one line and exits 2; :func:`check_can_listen` / :func:`cannot_listen` make a
   taken port one line and exit 2 as well;
 * :class:`ControlPlane`: readiness, the routes reloader and its metrics, the
-  metrics/health server on METRICS_ADDR, the routes-file watcher. ``python -m
-  wsgiproxy`` runs one in its process; under gunicorn the master runs it (one metrics
-  server and one reload decision, however many workers);
+  metrics/health server on METRICS_ADDR, the routes-file watcher, the prober of the
+  active health checks (docs/health.md). ``python -m wsgiproxy`` runs one in its
+  process; under gunicorn the master runs it (one metrics server, one reload decision
+  and one probe per host and interval, however many workers);
 * :class:`Connections`: a server process's open client connections and whether each
   is in a request, so that shutdown closes the idle keep-alive ones at once instead of
   waiting for their clients, and lets requests in flight finish.
@@ -34,6 +35,10 @@ from ..settings import Settings, load_settings
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client import Counter
+
+    from ..health import HealthState, Prober
 
 __all__ = ["LISTEN_BACKLOG", "ClientTimeouts", "Config", "Connections", "ControlPlane",
            "cannot_listen", "check_can_listen", "count_client_timeout", "end_idle_connection",
@@ -218,6 +223,7 @@ class ControlPlane:
                                        accept=accept, metrics=ReloadMetrics())
         self._admin_app = AdminApp(self.readiness, collect)
         self.admin: WSGIServer | None = None
+        self.prober: Prober | None = None
         self._stopped = threading.Event()
 
     def serve_admin(self) -> None:
@@ -237,7 +243,29 @@ class ControlPlane:
         self.readiness.started()
 
     def reload(self, reason: str) -> bool:
-        return self.reloader.reload(reason)
+        accepted = self.reloader.reload(reason)
+        if accepted and self.prober is not None:
+            self.prober.update(self.reloader.current)
+        return accepted
+
+    def probe(self, publish: Callable[[HealthState], None],
+              ejections: Counter | None = None, forks: bool = False) -> None:
+        """Start the active health checks of the routes in use (and of every reload's);
+        each new set of verdicts goes to ``publish``.
+
+        :param ejections: the process's ``proxy_upstream_ejections`` counter, if it has
+            one already.
+        :param forks: this process forks the workers (gunicorn's master): its metrics
+            stay out of the registry they inherit (:class:`~wsgiproxy.metrics.HealthMetrics`).
+        """
+        from prometheus_client import REGISTRY
+
+        from ..health import Prober
+        from ..metrics import HealthMetrics
+
+        metrics = HealthMetrics(None if forks else REGISTRY, ejections=ejections)
+        self.prober = Prober(self.settings, publish, metrics)
+        self.prober.update(self.reloader.current)
 
     def watch(self, changed: Callable[[], object]) -> None:
         """Call ``changed`` whenever the routes file's content changes, every
@@ -258,6 +286,8 @@ class ControlPlane:
 
     def stop(self) -> None:
         self._stopped.set()
+        if self.prober is not None:
+            self.prober.stop()
         if self.admin is not None:
             self.admin.shutdown()
             self.admin.server_close()

@@ -29,6 +29,7 @@ from ..errors import BadGateway
 from ..limits import IO_CHUNK_BYTES
 from .body import ResponseBody
 from .failures import (
+    CONNECT_FAILURES,
     TRANSPORT_ERRORS,
     Failure,
     Outcome,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
     from ..balancer import RoundRobin
     from ..routes_file import Backend, Service
+    from .budget import RetryBudget
     from .retry import RetryPolicy
     from .transport import AttemptLog
 
@@ -75,17 +77,34 @@ def _tls_pool_kwargs(service: Service) -> dict[str, Any] | None:
             "cert_file": tls.cert_file, "key_file": tls.key_file}
 
 
+#: Attempt outcomes that count as an error of the host for outlier ejection, as a 5xx
+#: does (docs/health.md): it took the request and broke the exchange.
+_HOST_ERRORS: Final = frozenset({Outcome.READ_TIMEOUT, Outcome.RESET,
+                                 Outcome.INVALID_RESPONSE})
+
+
 class _CountingLog:
-    """An :class:`AttemptLog` that passes every entry on and counts the attempts."""
+    """An :class:`AttemptLog` that passes every entry on, counts the attempts and tells
+    the balancer how each attempt at the current host ended (outlier ejection)."""
 
-    __slots__ = ("attempts", "log")
+    __slots__ = ("attempts", "balancer", "host", "log", "on_status")
 
-    def __init__(self, log: AttemptLog) -> None:
+    def __init__(self, log: AttemptLog, balancer: RoundRobin,
+                 on_status: frozenset[int]) -> None:
         self.log = log
+        self.balancer = balancer
+        self.on_status = on_status
+        self.host: Backend | None = None  # the host being tried
         self.attempts = 0
 
     def attempted(self, host: str, outcome: str, status: int = 0) -> None:
         self.attempts += 1
+        if status:  # the service's own retried statuses, not the transport's default
+            outcome = Outcome.RETRYABLE_STATUS if status in self.on_status \
+                else Outcome.RESPONSE
+        if self.host is not None and outcome not in CONNECT_FAILURES \
+                and outcome != Outcome.CLIENT_ABORTED:
+            self.balancer.answered(self.host, status >= 500 or outcome in _HOST_ERRORS)
         self.log.attempted(host, outcome, status)
 
     def sent(self, at: float) -> None:
@@ -95,6 +114,8 @@ class _CountingLog:
         self.log.answered(at)
 
     def broke_off(self, outcome: str) -> None:
+        if self.host is not None:
+            self.balancer.answered(self.host, True)
         self.log.broke_off(outcome)
 
 
@@ -105,6 +126,7 @@ class ServiceAdapter(HTTPAdapter):
     :param balancer: picks the host of each attempt.
     :param policy: same-host retries (urllib3 ``Retry``) and when to try another host.
     :param timeout: connect and read timeouts per attempt.
+    :param budget: what retries of a request that was sent are drawn from.
 
     Usage::
 
@@ -114,17 +136,19 @@ class ServiceAdapter(HTTPAdapter):
     """
 
     def __init__(self, service: Service, balancer: RoundRobin, policy: RetryPolicy,
-                 timeout: Timeout, pool_maxsize: int = POOL_MAXSIZE) -> None:
+                 timeout: Timeout, pool_maxsize: int = POOL_MAXSIZE,
+                 budget: RetryBudget | None = None) -> None:
         self.service = service
         self.balancer = balancer
         self.policy = policy
+        self.budget = budget
         self.timeout = timeout
         self._scheme = "https" if service.tls is not None else "http"
         self._tls_kwargs = _tls_pool_kwargs(service)
         self._pools: dict[Backend, HTTPConnectionPool] = {}
         # One pool per host: pool_connections = number of hosts, so none is evicted.
         super().__init__(pool_connections=len(service.hosts), pool_maxsize=pool_maxsize,
-                         max_retries=policy.same_host())
+                         max_retries=policy.same_host(budget))
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False,
                          **pool_kwargs: Any) -> None:
@@ -153,11 +177,13 @@ class ServiceAdapter(HTTPAdapter):
         :param upgrade: the request asks to switch protocols (a WebSocket handshake):
             a ``101`` is the answer, returned at once with its connection.
         """
-        counted = _CountingLog(log)
+        counted = _CountingLog(log, self.balancer, self.policy.on_status)
         tried: set[Backend] = set()
         resendable = body is None or isinstance(body, bytes)
+        if self.budget is not None:
+            self.budget.request()
         while True:
-            host = self.balancer.pick()
+            host = counted.host = self.balancer.pick()
             tried.add(host)
             try:
                 raw = self.pool(host).urlopen(
@@ -185,7 +211,7 @@ class ServiceAdapter(HTTPAdapter):
             if not self.policy.next_host(method=method, failure=failure,
                                          resendable=resendable, hosts_tried=len(tried),
                                          hosts=len(self.balancer.hosts),
-                                         attempts=counted.attempts):
+                                         attempts=counted.attempts, budget=self.budget):
                 raise translate(error, self.service.name) from error
             logger.debug("%s %s: %s failed (%s, %s); trying the next host", method, target,
                          host, failure, error)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import requests
 from urllib3.util import Timeout
@@ -31,6 +31,7 @@ from ..cache.shared import SharedCache
 from ..headers import client_headers
 from .adapter import ServiceAdapter
 from .body import StoredBody
+from .budget import RetryBudget
 from .caching import CacheStep
 from .messages import UpstreamRequest, UpstreamResponse
 from .retry import RetryPolicy
@@ -43,9 +44,26 @@ if TYPE_CHECKING:
     from ..settings import Settings
     from .transport import AttemptLog
 
-__all__ = ["Channel", "UpstreamClient", "UpstreamRequest", "UpstreamResponse"]
+__all__ = ["Channel", "HostEvents", "UpstreamClient", "UpstreamRequest", "UpstreamResponse"]
 
 logger = logging.getLogger(__name__)
+
+
+class HostEvents(Protocol):
+    """What the upstream client tells about the hosts of each service (the metrics:
+    ``create_app`` hands over ``Metrics.host_state``, which is one)."""
+
+    def __call__(self, service: str, host: Backend, up: bool) -> None:
+        """``host`` left rotation (``up`` False) or is back in it."""
+
+    def ejected(self, service: str, host: Backend, reason: str) -> None:
+        """``host`` was ejected, for a :class:`~wsgiproxy.balancer.Reason`."""
+
+    def all_hosts_down(self, service: str) -> None:
+        """A request went to any host because every one was out of rotation."""
+
+    def retry_budget_exhausted(self, service: str) -> None:
+        """A retry was not made: the service's retry budget is spent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +78,8 @@ class UpstreamClient:
     """Sends requests to the hosts of routed services, through the shared cache.
 
     :param settings: cache settings (the store, coalescing).
-    :param host_listener: told (service, host, up) when a host goes down or comes back.
+    :param host_listener: told when a host leaves rotation or comes back, when one is
+        ejected, when every host is out, when a retry budget is spent.
     :param cache_errors: told about each failed operation of a Redis cache (a metric).
 
     Usage::
@@ -73,7 +92,7 @@ class UpstreamClient:
     """
 
     def __init__(self, settings: Settings, *,
-                 host_listener: Callable[[str, Backend, bool], None] | None = None,
+                 host_listener: HostEvents | None = None,
                  cache_errors: Callable[[str], None] | None = None) -> None:
         self.session = requests.Session()
         self.session.adapters.clear()  # nothing but the services' domains is reachable
@@ -88,7 +107,10 @@ class UpstreamClient:
         prefix = f"http://{service.domain}/"
         current = self.session.adapters.get(prefix)
         if not (isinstance(current, ServiceAdapter) and current.service == service):
-            self.session.mount(prefix, self._adapter(service, policy))
+            replacement = self._adapter(service, policy)
+            if isinstance(current, ServiceAdapter):  # its hosts' standing carries over
+                replacement.balancer.adopt(current.balancer)
+            self.session.mount(prefix, replacement)
             if current is not None:
                 current.close()
         adapter = self.session.get_adapter(prefix)
@@ -107,19 +129,25 @@ class UpstreamClient:
             self.session.adapters.pop(prefix).close()
 
     def _adapter(self, service: Service, policy: ServicePolicy) -> ServiceAdapter:
-        listener = self._host_listener
-
-        def host_state(host: Backend, up: bool) -> None:
-            if listener is not None:
-                listener(service.name, host, up)
-
-        balancer = RoundRobin(service.hosts, policy.eject_seconds, listener=host_state)
+        events, name = self._host_listener, service.name
+        balancer = RoundRobin(
+            service.hosts, policy.eject_seconds, outlier=policy.outlier, name=name,
+            listener=None if events is None else lambda host, up: events(name, host, up),
+            on_ejection=None if events is None
+            else lambda host, reason: events.ejected(name, host, reason),
+            on_all_down=None if events is None else lambda: events.all_hosts_down(name))
+        budget = RetryBudget(
+            policy.retry_budget_percent, policy.retry_budget_min_per_second,
+            on_exhausted=None if events is None
+            else lambda: events.retry_budget_exhausted(name))
         if service.tls is not None and not service.tls.verify:
             logger.warning("service %r: the TLS certificates of its hosts are not verified "
                            "(tls.verify: false)", service.name)
         return ServiceAdapter(
-            service, balancer, RetryPolicy(policy.http_retries, policy.forward_retries),
-            Timeout(connect=policy.connect_timeout_seconds, read=policy.read_timeout_seconds))
+            service, balancer,
+            RetryPolicy(policy.http_retries, policy.forward_retries, policy.retry_on_status),
+            Timeout(connect=policy.connect_timeout_seconds, read=policy.read_timeout_seconds),
+            budget=budget)
 
     # -- requests --------------------------------------------------------------------
     def send(self, channel: Channel, host: str, request: UpstreamRequest,

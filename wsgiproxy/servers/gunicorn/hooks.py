@@ -18,11 +18,15 @@ In the master:
   SIGINT and SIGQUIT turn it 503 before gunicorn acts on them; ``child_exit`` marks a
   dead worker's metrics files and readiness;
 * ``/metrics`` sums the workers' metrics and adds ``process_*`` of each process,
-  labelled ``pid`` and ``role``.
+  labelled ``pid`` and ``role``;
+* the active health checks (docs/health.md) are probed here, once for all workers, and
+  the verdicts written to ``health.json`` in the runtime directory.
 
 In each worker, ``post_worker_init`` finds the proxy apps the worker built
 (:meth:`wsgiproxy.handler.ProxyApp.instances`: a WSGI middleware wrapped around
-``wsgiproxy:app`` still reloads) and reloads them on SIGHUP.
+``wsgiproxy:app`` still reloads) and reloads them on SIGHUP, and starts a greenlet that
+takes new health verdicts from ``health.json`` into their balancers (it looks once a
+second, and reads the file only when it changed).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 
 from ...errors import ConfigError
+from ...health.state import READ_EVERY_SECONDS, HealthFile, apply_to_apps
 from ...logs import configure_logging
 from ...routes_file import load_routes
 from ..lifecycle import (
@@ -80,12 +85,14 @@ class Hooks:
         self.runtime: Path | None = None  # ready markers and the accepted routes
         self.control: ControlPlane | None = None
         self._file_changed = False
+        self._health_file: HealthFile | None = None
 
     # -- master --------------------------------------------------------------------------
     def on_starting(self, server: Any) -> None:
         from ...metrics import exposition
 
         self.server = server
+        logging.getLogger("gunicorn.error").addFilter(self._gunicorn_lines)
         self._use_our_worker(server)
         inherited = "GUNICORN_FD" in os.environ or "LISTEN_FDS" in os.environ
         for address in server.cfg.address:
@@ -103,15 +110,32 @@ class Hooks:
         server.handle_int = self._not_ready_then(server.handle_int)
         server.handle_quit = self._not_ready_then(server.handle_quit)
 
+    @staticmethod
+    def _addresses(server: Any) -> list[str]:
+        return [f"http://{a[0]}:{a[1]}" if isinstance(a, tuple) else str(a)
+                for a in server.cfg.address]
+
+    def _gunicorn_lines(self, record: logging.LogRecord) -> bool:
+        """gunicorn's own lines, where they would mislead (docs/running.md): with a
+        socket per worker the master listens on nothing and would log ``Listening at:
+        (pid)``; a reload the file watch asked for is a SIGHUP the master sends itself,
+        which is not news ("routes reloaded (file changed)" follows)."""
+        args = record.args
+        if record.msg == "Listening at: %s (%s)" and isinstance(args, tuple) and not args[0]:
+            record.args = (", ".join(self._addresses(self.server)), args[1])
+        elif record.msg == "Handling signal: %s" and args == ("hup",) and self._file_changed:
+            return False
+        return True
+
     def when_ready(self, server: Any) -> None:
-        addresses = [f"http://{a[0]}:{a[1]}" if isinstance(a, tuple) else str(a)
-                     for a in server.cfg.address]
+        addresses = self._addresses(server)
         sockets = ", a SO_REUSEPORT socket each" if server.cfg.reuse_port else ""
         server.log.info("%s", listening_line(
             addresses, f"{plural(server.num_workers, 'gevent worker')}{sockets}",
             self.settings.metrics_addr, len(self.config.routes.services)))
         assert self.control is not None
         self.control.watch(self._file_change)
+        self.control.probe(self.health_file.write, forks=True)
 
     def child_exit(self, server: Any, worker: Any) -> None:
         if self.runtime is not None:
@@ -154,6 +178,13 @@ class Hooks:
         that a worker (re)started after a bad edit still boots, on the good routes."""
         assert self.runtime is not None
         return self.runtime / "routes.yaml"
+
+    @property
+    def health_file(self) -> HealthFile:
+        """The active checks' verdicts, as the master writes them for its workers."""
+        if self._health_file is None:
+            self._health_file = HealthFile(self.accepted_routes.parent / "health.json")
+        return self._health_file
 
     def _keep(self, text: str) -> None:
         staging = self.accepted_routes.with_suffix(".new")
@@ -222,6 +253,15 @@ class Hooks:
         (self.accepted_routes.parent / f"ready-{os.getpid()}").touch()
         # Routes accepted while this worker was booting: no SIGHUP reached it for them.
         self._reload_worker()
+        gevent.spawn(self._follow_health)
+
+    def _follow_health(self) -> None:
+        """Take the master's health verdicts into this worker's balancers as they come."""
+        health = self.health_file
+        while True:
+            if health.read_if_changed():
+                apply_to_apps(health.state)
+            gevent.sleep(READ_EVERY_SECONDS)
 
     def _reload_worker(self) -> None:
         from ...handler import ProxyApp
@@ -236,6 +276,7 @@ class Hooks:
             return
         for app in apps:
             app.reload(routes)
+        apply_to_apps(self.health_file.state)  # a changed service's new balancer
         logger.debug("worker %d: serving %d services", os.getpid(), len(routes.services))
 
     def worker_exit(self, server: Any, worker: Any) -> None:
