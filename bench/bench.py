@@ -117,8 +117,26 @@ SCENARIOS = (
              "1 000 connections, host answers after 1 s"),
     Scenario("failover", "/small", 50, ("nginx", "wsgiproxy"),
              "one of three hosts down (killed)"),
+    Scenario("filters", "/small", 50, ("hello", "wsgiproxy", "wsgiproxy-headers",
+                                       "wsgiproxy-ratelimit", "wsgiproxy-ratelimit-redis"),
+             "100 B miss through one filter: headers; rate_limit in memory; in Redis",
+             reference="wsgiproxy"),
 )
 CEILING = "hello"
+
+#: Services of the proxy's routes file that run filters (docs/filters.md), on the same
+#: hosts as the plain one; a limit no benchmark reaches, so every request is counted.
+FILTERED = {
+    "headers.bench.test": {"name": "headers", "filters": [{"use": "headers", "config": {
+        "response": {"set": {"Strict-Transport-Security": "max-age=31536000"}}}}]},
+    "limited.bench.test": {"name": "limited", "filters": [{"use": "rate_limit", "config": {
+        "limit": "1000000/second", "key": "client"}}]},
+}
+#: target: (the process that serves it, the Host it is sent).
+VIA = {"wsgiproxy-headers": ("wsgiproxy", "headers.bench.test"),
+       "wsgiproxy-ratelimit": ("wsgiproxy", "limited.bench.test"),
+       "wsgiproxy-ratelimit-redis": ("wsgiproxy-redis", "limited.bench.test")}
+REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
 @dataclass
@@ -235,7 +253,7 @@ def main() -> int:
 
         ports = {name: reserve_port() for name in
                  ("nginx", "nginx-cache", "hello", "wsgiproxy", "wsgiproxy-pywsgi",
-                  "wsgiproxy-base")}
+                  "wsgiproxy-base", "wsgiproxy-redis")}
         servers = "\n    ".join(f"server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;"
                                 for p in backend_ports)
         conf = nginx_conf(procs, "proxy", nginx_config(
@@ -244,8 +262,14 @@ def main() -> int:
             workers=args.workers))
         procs.start("nginx", [nginx, "-c", str(conf), "-p", str(work)], port=ports["nginx"])
         wait_port(ports["nginx-cache"])
-        routes = routes_file(work, ports["wsgiproxy"], DOMAIN, backend_ports)
+        routes = routes_file(work, ports["wsgiproxy"], DOMAIN, backend_ports, FILTERED)
         start_wsgiproxy(procs, "wsgiproxy", ports["wsgiproxy"], routes, workers=args.workers)
+        if any("wsgiproxy-ratelimit-redis" in s.targets for s in scenarios):
+            # the same proxy with its rate limits counted in Redis (on loopback)
+            start_wsgiproxy(procs, "wsgiproxy-redis", ports["wsgiproxy-redis"],
+                            routes_file(work, ports["wsgiproxy-redis"], DOMAIN, backend_ports,
+                                        FILTERED),
+                            workers=args.workers, env={"RATE_LIMIT_URL": REDIS_URL})
         start_wsgiproxy(procs, "wsgiproxy-pywsgi", ports["wsgiproxy-pywsgi"],
                         routes_file(work, ports["wsgiproxy-pywsgi"], DOMAIN, backend_ports),
                         server="pywsgi")
@@ -264,13 +288,17 @@ def main() -> int:
 
         def url(target: str, path: str) -> str:
             prefix = "/proxy" if target.startswith("wsgiproxy") else ""
-            return f"http://127.0.0.1:{ports[target]}{prefix}{path}"
+            port = ports[VIA.get(target, (target, ""))[0]]
+            return f"http://127.0.0.1:{port}{prefix}{path}"
+
+        def host(target: str) -> dict[str, str]:
+            return {"Host": VIA.get(target, ("", DOMAIN))[1]}
 
         results: dict[tuple[str, str], Row] = {}
         for scenario in scenarios:  # warm every pool and cache once
             for target in scenario.targets:
                 wrk(url(target, scenario.path), seconds=1 if scenario.name != "c1000" else 2,
-                    connections=10, headers={"Host": DOMAIN})
+                    connections=10, headers=host(target))
         for rnd in range(args.rounds):
             for scenario in scenarios:
                 if scenario.name == "failover":
@@ -278,11 +306,12 @@ def main() -> int:
                 for target in scenario.targets:
                     print(f"round {rnd + 1}/{args.rounds}: {scenario.name:8} {target}",
                           file=sys.stderr, flush=True)
-                    process = "nginx" if target == "nginx-cache" else target
+                    process = "nginx" if target == "nginx-cache" else \
+                        VIA.get(target, (target, ""))[0]
                     with Watcher(procs.procs[process].pid) as watch:
                         result = wrk(url(target, scenario.path), seconds=args.seconds,
                                      connections=scenario.connections,
-                                     headers={"Host": DOMAIN})
+                                     headers=host(target))
                     results.setdefault((scenario.name, target), Row()).runs.append(
                         Run(result, watch.cores, watch.peak))
                 if scenario.name == "failover":
@@ -372,6 +401,10 @@ def checks(name: str, targets: dict, results: dict[tuple[str, str], Row]) -> lis
         found.append((f"{ours['to_nginx']:.3f} x nginx req/s >= 0.95",
                       ours["to_nginx"] >= 0.95))
         found.append((f"p99 {ours['p99_ms']:.0f} ms <= 1300", ours["p99_ms"] <= 1300))
+    elif name == "filters":  # to_nginx is to wsgiproxy without filters, in this scenario
+        for target, minimum in (("wsgiproxy-headers", 0.95), ("wsgiproxy-ratelimit", 0.90)):
+            share = targets[target]["to_nginx"]
+            found.append((f"{target} {share:.3f} x no filters >= {minimum}", share >= minimum))
     elif name == "failover":
         found.append((f"{ours['failures']} failed", ours["failures"] == 0))
         up = results.get(("small", "wsgiproxy"))

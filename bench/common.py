@@ -109,10 +109,14 @@ def sample_backend(procs: Processes, name: str, port: int) -> None:
                        "--name", name], port=port)
 
 
-def routes_file(workdir: Path, listen: int, domain: str, ports: list[int]) -> Path:
-    """A routes file listening on ``listen``: one service, "bench", for ``domain``."""
+def routes_file(workdir: Path, listen: int, domain: str, ports: list[int],
+                more: dict[str, dict] | None = None) -> Path:
+    """A routes file listening on ``listen``: one service, "bench", for ``domain``, and
+    ``more`` services ({domain: {"name": ..., "filters": ...}}) on the same hosts."""
     path = workdir / f"routes-{listen}.yaml"
-    path.write_text(routes_yaml(listen, {domain: {"hosts": ports, "name": "bench"}}))
+    services = {domain: {"hosts": ports, "name": "bench"}}
+    services.update({d: {"hosts": ports, **spec} for d, spec in (more or {}).items()})
+    path.write_text(routes_yaml(listen, services))
     return path
 
 

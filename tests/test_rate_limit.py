@@ -49,9 +49,10 @@ def test_a_burst_is_admitted_then_429_with_a_retry_after_that_is_honoured(
         assert refused.json() == {"error": "too many requests"}
         # one more every 2 s: the 6th may go when the first of the five is 2 s old
         assert refused.headers["Retry-After"] == "2"
-        assert refused.headers["RateLimit-Policy"] == '"client";q=5;w=10'
-        assert refused.headers["RateLimit"] == '"client";r=0;t=2'
+        assert refused.headers["RateLimit-Policy"] == '"client";q=30;w=60'
+        assert refused.headers["RateLimit"] == '"client";r=0;t=10'
         assert first[0].headers["RateLimit"] == '"client";r=4;t=2'
+        assert first[4].headers["RateLimit"] == '"client";r=0;t=10'
         time.sleep(int(refused.headers["Retry-After"]))  # what the client is told to do
         assert get(proxy, host=domain, client=s).status_code == 200
 

@@ -87,17 +87,13 @@ class Headers:
         """``name`` has this one value from now on (where it was first, else at the end)."""
         _check(name, value)
         lower = name.lower()
-        out: list[tuple[str, str]] = []
-        placed = False
-        for n, v in self._fields:
-            if n.lower() != lower:
-                out.append((n, v))
-            elif not placed:
-                out.append((name, value))
-                placed = True
-        if not placed:
-            out.append((name, value))
-        self._fields = out
+        fields = self._fields
+        for i, (n, _) in enumerate(fields):
+            if n.lower() == lower:
+                rest = [f for f in fields[i + 1:] if f[0].lower() != lower]
+                self._fields = [*fields[:i], (name, value), *rest]
+                return
+        fields.append((name, value))
 
     def add(self, name: str, value: str) -> None:
         """One more value of ``name``, after any it has."""

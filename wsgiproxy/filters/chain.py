@@ -38,13 +38,18 @@ def _overrides(instance: Filter, hook: str) -> bool:
 class Chain:
     """The filters of one route, in the order their request hooks run."""
 
-    __slots__ = ("_count_error", "filters", "responds", "service")
+    __slots__ = ("_count_error", "completing", "filters", "requesting", "responding",
+                 "responds", "service")
 
     def __init__(self, service: str, filters: Iterable[Filter],
                  count_error: ErrorCounter | None = None) -> None:
         self.service = service
         self.filters = tuple(filters)
-        self.responds = any(_overrides(f, "on_response") for f in self.filters)
+        # Per filter, whether it has each hook: looked up once, not per request.
+        self.requesting = tuple(_overrides(f, "on_request") for f in self.filters)
+        self.responding = tuple(_overrides(f, "on_response") for f in self.filters)
+        self.completing = tuple(_overrides(f, "on_complete") for f in self.filters)
+        self.responds = any(self.responding)
         self._count_error = count_error
 
     def __bool__(self) -> bool:
@@ -74,15 +79,15 @@ class FilterRun:
 
     def on_request(self) -> Answer | None:
         """Each filter's request hook in order; the first answer ends the request."""
-        request = self.request
-        for instance in self.chain.filters:
+        request, chain = self.request, self.chain
+        for instance, has_hook in zip(chain.filters, chain.requesting, strict=True):
             self._ran += 1
-            if not _overrides(instance, "on_request"):
+            if not has_hook:
                 continue
             try:
                 answer = instance.on_request(request)
             except Exception:
-                self.chain.failed(instance, "on_request", request)
+                chain.failed(instance, "on_request", request)
                 raise FilterFailed(instance.name) from None
             if answer is not None:
                 self.answered_by = instance.name
@@ -91,28 +96,31 @@ class FilterRun:
 
     def on_response(self, response: Response) -> None:
         """Response hooks in reverse, over the filters whose request hook ran."""
-        if not self.chain.responds:
+        chain = self.chain
+        if not chain.responds:
             return
         request = self.request
-        for instance in reversed(self.chain.filters[:self._ran]):
-            if not _overrides(instance, "on_response"):
+        for i in range(self._ran - 1, -1, -1):
+            if not chain.responding[i]:
                 continue
+            instance = chain.filters[i]
             try:
                 instance.on_response(request, response)
             except Exception:
-                self.chain.failed(instance, "on_response", request)
+                chain.failed(instance, "on_response", request)
                 raise FilterFailed(instance.name) from None
 
     def on_complete(self, outcome: Outcome) -> None:
         """Completion hooks in reverse; one that raises is logged and counted only."""
-        request = self.request
-        for instance in reversed(self.chain.filters[:self._ran]):
-            if not _overrides(instance, "on_complete"):
+        chain, request = self.chain, self.request
+        for i in range(self._ran - 1, -1, -1):
+            if not chain.completing[i]:
                 continue
+            instance = chain.filters[i]
             try:
                 instance.on_complete(request, outcome)
             except Exception:
-                self.chain.failed(instance, "on_complete", request)
+                chain.failed(instance, "on_complete", request)
 
 
 class ChainBuilder:

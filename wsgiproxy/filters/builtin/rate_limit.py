@@ -7,8 +7,10 @@
 
 The algorithm is GCRA (the generic cell rate algorithm, a token bucket kept as one
 timestamp per key): a key may send ``burst`` requests at once (default N), then one
-every period/N. Over the limit is 429 JSON with ``Retry-After`` and the IETF draft's
-``RateLimit-Policy``/``RateLimit`` fields; responses let through carry them too.
+every period/N. Over the limit is 429 JSON with ``Retry-After`` (when the next request
+will pass) and the IETF draft's ``RateLimit-Policy`` (``q`` requests per ``w``
+seconds, the configured rate) and ``RateLimit`` (``r`` requests the key may send now,
+``t`` seconds until its whole burst is back); responses let through carry them too.
 
 Counts live in Redis when RATE_LIMIT_URL (or a ``redis://`` CACHE_URL) is set: one
 atomic script per request, with Redis's own clock, so every worker and replica shares
@@ -160,7 +162,10 @@ def _parse_limit(raw: str) -> tuple[int, float]:
     if not match or int(match[1]) == 0:
         raise InvalidConfig(f"must be N/second, N/minute or N/hour with N >= 1, not {raw!r}",
                             field="limit")
-    return int(match[1]), _PERIODS[match[2]]
+    limit, period = int(match[1]), _PERIODS[match[2]]
+    if limit / period > 1_000_000:  # the counts are kept in whole microseconds
+        raise InvalidConfig(f"{raw!r} is more than 1000000/second", field="limit")
+    return limit, period
 
 
 def counts_url(context: Context) -> str:
@@ -210,8 +215,8 @@ class RateLimit(Filter):
             LIMITED.labels(context.service)  # the series starts at 0, for rate() to see
         digest = hashlib.sha256(repr(sorted(config.items())).encode()).hexdigest()[:12]
         self._prefix = f"wsgiproxy:ratelimit:{self.scope}:{digest}:"
-        window = math.ceil(self.gcra.burst * self.gcra.interval / 1e6)
-        self.policy = f'"{key}";q={self.gcra.burst};w={max(1, window)}'
+        # The draft's quota is the rate as configured; a burst beyond it has no field.
+        self.policy = f'"{key}";q={limit};w={round(period)}'
         self._counts: MemoryCounts | RedisCounts | None = None  # opened on first use
         self._failed_until = 0.0
         self._warned_at = -math.inf
@@ -259,8 +264,9 @@ class RateLimit(Filter):
                 response.headers.set(name, value)
 
     def _fields(self, verdict: Decision) -> list[tuple[str, str]]:
+        # r: requests the key may send now; t: seconds until its whole burst is back.
         remaining = self.gcra.remaining(verdict.reset) if verdict.allowed else 0
-        reset = math.ceil(verdict.retry_after if not verdict.allowed else verdict.reset)
+        reset = math.ceil(verdict.reset)
         key = self.policy.split(";", 1)[0]
         return [("RateLimit-Policy", self.policy),
                 ("RateLimit", f"{key};r={remaining};t={reset}")]
