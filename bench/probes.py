@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PYTHON, REPO, reserve_port, routes_yaml, server_argv, wait_port  # noqa: E402
+from common import PYTHON, REPO, reserve_port, routes_yaml, server_argv, wait_port
 
 
 class _Counting(BaseHTTPRequestHandler):
