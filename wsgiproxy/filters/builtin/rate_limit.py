@@ -216,7 +216,8 @@ class RateLimit(Filter):
         digest = hashlib.sha256(repr(sorted(config.items())).encode()).hexdigest()[:12]
         self._prefix = f"wsgiproxy:ratelimit:{self.scope}:{digest}:"
         # The draft's quota is the rate as configured; a burst beyond it has no field.
-        self.policy = f'"{key}";q={limit};w={round(period)}'
+        self._name = f'"{key}"'
+        self.policy = f"{self._name};q={limit};w={round(period)}"
         self._counts: MemoryCounts | RedisCounts | None = None  # opened on first use
         self._failed_until = 0.0
         self._warned_at = -math.inf
@@ -231,16 +232,16 @@ class RateLimit(Filter):
         """The bucket this request counts against; None: not limited."""
         if self.methods is not None and request.method not in self.methods:
             return None
-        if not request.path.startswith(self.path_prefix):
+        if self.path_prefix != "/" and not request.path.startswith(self.path_prefix):
             return None
-        if self.key_kind == "client":
-            value = request.client
-        elif self.key_kind == "service":
-            value = request.service
-        else:
-            value = request.headers.get(self.key_header) or ""
+        if self.key_kind == "client":  # an address the proxy established: short, plain
+            return self._prefix + request.client
+        if self.key_kind == "service":
+            return self._prefix + request.service
         # Hashed: a header's value is the client's, of any length and content.
-        return self._prefix + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:32]
+        value = request.headers.get(self.key_header) or ""
+        return self._prefix + "h:" + hashlib.sha256(value.encode("utf-8", "replace")
+                                                    ).hexdigest()[:32]
 
     def on_request(self, request: Request) -> Answer | None:
         key = self.key_of(request)
@@ -267,9 +268,8 @@ class RateLimit(Filter):
         # r: requests the key may send now; t: seconds until its whole burst is back.
         remaining = self.gcra.remaining(verdict.reset) if verdict.allowed else 0
         reset = math.ceil(verdict.reset)
-        key = self.policy.split(";", 1)[0]
         return [("RateLimit-Policy", self.policy),
-                ("RateLimit", f"{key};r={remaining};t={reset}")]
+                ("RateLimit", f"{self._name};r={remaining};t={reset}")]
 
     def _hit(self, key: str) -> _Verdict | None:
         now = time.monotonic()
