@@ -96,6 +96,9 @@ def main() -> int:
             return 2
     procs: dict[str, subprocess.Popen[bytes]] = {}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the rest too
+    # Ctrl-C stops everything even when started in the background of a script, which
+    # starts its children with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         for port in ports:
             name = f"backend-{port}"

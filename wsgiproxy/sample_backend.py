@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import signal
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -176,6 +177,9 @@ def main(argv: list[str] | None = None) -> None:
                                handler_class=EchoingHandler)
     print(f"sample backend {name!r} on http://{args.address}:{args.port}/", flush=True)
     try:
+        # Ctrl-C in the demo's terminal: stop quietly (gevent's hub would print the
+        # KeyboardInterrupt); SIGTERM keeps its default, which the demo reports.
+        gevent.signal_handler(signal.SIGINT, server.stop)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
