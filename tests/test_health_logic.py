@@ -194,6 +194,8 @@ def routes(**service):
     pytest.param({"health_check": {"expect_status": [200, 700]}}, "proxy.services[0]."
                  "health_check.expect_status[1]: must be an HTTP status code from 100 to 599",
                  id="expect_status"),
+    pytest.param({"health_check": {"expect_status": []}}, "proxy.services[0].health_check."
+                 "expect_status: must be a list of at least one HTTP status code", id="no status"),
     pytest.param({"health_check": {"intervall_seconds": 1}}, "proxy.services[0].health_check."
                  "intervall_seconds: unknown key (did you mean 'interval_seconds'?",
                  id="misspelled"),
@@ -242,6 +244,7 @@ def test_every_key_defaults_to_its_setting():
     pytest.param("RETRY_BUDGET_PERCENT", "120", id="percent"),
     pytest.param("HEALTH_CHECK_PATH", "healthz", id="path"),
     pytest.param("HEALTH_CHECK_HEALTHY_THRESHOLD", "0", id="threshold"),
+    pytest.param("HEALTH_CHECK_EXPECT_STATUS", "", id="no expected status"),
 ])
 def test_bad_settings_stop_start_up_naming_the_setting(name, raw):
     with pytest.raises(ConfigError, match=f"^{name}: "):

@@ -139,6 +139,14 @@ def _statuses(name: str, raw: str) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
+def _some_statuses(name: str, raw: str) -> tuple[int, ...]:
+    """:func:`_statuses`, at least one."""
+    statuses = _statuses(name, raw)
+    if not statuses:
+        raise ConfigError(f"{name}: must name at least one status code, got {raw!r}")
+    return statuses
+
+
 def _percent(name: str, raw: str) -> float:
     try:
         value = float(raw)
@@ -277,7 +285,7 @@ class Settings:
     health_check_unhealthy_threshold: int = _setting(
         "3", _positive_int, "probes failed in a row that take a host out of rotation")
     health_check_expect_status: tuple[int, ...] = _setting(
-        "200", _statuses, "comma-separated statuses a passing probe answers with")
+        "200", _some_statuses, "comma-separated statuses a passing probe answers with")
     outlier_consecutive_5xx: int = _setting(
         "5", _non_negative_int,
         "5xx answers (or broken exchanges) in a row that eject a host; 0: never")
