@@ -171,20 +171,20 @@ def test_a_host_answering_errors_is_ejected_and_comes_back(switched, start_proxy
     a, b, c = switched("a"), switched("b"), switched("c")
     a.switch.data = "500"
     p = start_proxy({DOMAIN: {"hosts": [a.port, b.port, c.port], "outlier": {
-        "consecutive_5xx": 3, "base_ejection_seconds": 1}}})
+        "consecutive_5xx": 3, "base_ejection_seconds": 2}}})
     with session(DOMAIN) as s:
         statuses = Counter(s.get(p.url("/proxy/x")).status_code for _ in range(30))
-    assert a.switch.requests == 3  # then ejected for 1 s
+    assert a.switch.requests == 3  # then ejected for 2 s
     assert statuses == {500: 3, 200: 27}
     assert value(p, "proxy_upstream_ejections_total", service="health-test", host=host(a),
                  reason="consecutive_5xx") == 1
     assert value(p, "proxy_upstream_host_up", service="health-test", host=host(a)) == 0
-    wait_until(lambda: "a" in backends_answering(p, 3), 3, 0.05, "a back after 1 s")
+    wait_until(lambda: "a" in backends_answering(p, 3), 5, 0.05, "a back after 2 s")
     with session(DOMAIN) as s:
         for _ in range(12):
             s.get(p.url("/proxy/x"))
-    assert a.switch.requests == 6  # three more errors: ejected again, for 2 s
-    assert "ejected for 2s after 3 errors in a row (ejection 2)" in p.log
+    assert a.switch.requests == 6  # three more errors: ejected again, for twice as long
+    assert "ejected for 4s after 3 errors in a row (ejection 2)" in p.log
     assert value(p, "proxy_upstream_ejections_total", service="health-test", host=host(a),
                  reason="consecutive_5xx") == 2
 
