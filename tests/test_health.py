@@ -230,16 +230,22 @@ def flaky(status: int, failures: int):
     return respond
 
 
-@pytest.mark.parametrize(("status", "expected", "attempts"), [
-    pytest.param(503, 200, 2, id="503 is retried"),
-    pytest.param(500, 500, 1, id="500 is not"),
+@pytest.mark.parametrize(("on_status", "status", "expected", "attempts"), [
+    pytest.param([503], 503, 200, ["retryable_status 503", "response 200"],
+                 id="503 is retried"),
+    pytest.param([503], 500, 500, ["response 500"], id="500 is not"),
+    pytest.param([500], 500, 200, ["retryable_status 500", "response 200"],
+                 id="unless listed"),
 ])
-def test_on_status_chooses_what_is_retried(backend, start_proxy, status, expected, attempts):
+def test_on_status_chooses_what_is_retried(backend, start_proxy, on_status, status, expected,
+                                           attempts):
     b = backend(flaky(status, 1))
-    p = start_proxy({DOMAIN: {"hosts": [b.port], "retries": {"on_status": [503]}}})
+    p = start_proxy({DOMAIN: {"hosts": [b.port], "retries": {"on_status": on_status}}})
     with session(DOMAIN) as s:
-        r = s.get(p.url("/proxy/x"))
-    assert (r.status_code, b.count) == (expected, attempts)
+        r = s.get(p.url("/proxy/x"), headers={"X-Request-ID": f"on-{status}"})
+    assert (r.status_code, b.count) == (expected, len(attempts))
+    logged = [a.split(" ", 1)[1] for a in p.access(f"on-{status}")["upstream_attempts"]]
+    assert logged == attempts  # the access log and the attempts metric say which were retried
 
 
 def test_on_status_never_retries_a_post(backend, start_proxy):
