@@ -148,7 +148,7 @@ def test_forward_auth_2xx_continues_with_the_copied_headers(stack):
     assert (check.method, check.target) == ("GET", "/check")
     assert check.header("Authorization") == "Bearer good"
     assert check.header("X-Forwarded-Method") == "GET"
-    assert check.header("X-Forwarded-Uri") == "/me?x=1"
+    assert check.header("X-Forwarded-Uri") == "/proxy/me?x=1"  # as the client sent it
     assert check.header("X-Forwarded-Host") == AUTH
 
 
@@ -177,6 +177,59 @@ def test_forward_auth_refusals_reach_the_client_as_the_auth_server_sent_them(
     if status == 401:
         assert r.content == b"who are you?"
     assert stack.backends[AUTH].count == before
+
+
+def test_forward_auth_keeps_its_connections_to_the_auth_server(stack):
+    before = {s.connection for s in stack.auth.seen}
+    for _ in range(5):
+        assert get(stack.proxy, host=AUTH, headers={"Authorization": "Bearer good"}).ok
+    used = {s.connection for s in stack.auth.seen[-5:]} - before
+    assert len(used) <= 1  # one pooled connection (two workers' pools are not shared)
+
+
+def test_an_authenticated_response_is_not_stored_for_the_next_user(tmp_path):
+    """A filter that authenticates sets request.authenticated: the cache then stores
+    only what the host marks public, as for a request with Authorization."""
+    def per_user(seen):
+        public = "public" in seen.target
+        return Reply(200, [("Cache-Control", "public, max-age=60" if public else "max-age=60")],
+                      f"for {seen.header('X-Api-Client')}".encode())
+    with HTTPBackend(per_user) as host:
+        keys = {"a": digest("key-a"), "b": digest("key-b")}
+        services = {KEYED: {"hosts": [host.port], "filters": [
+            {"use": "api_key", "config": {"keys": keys}}]}}
+        with ProxyProcess(tmp_path, services) as proxy:
+            a = get(proxy, "/proxy/me", host=KEYED, headers={"X-Api-Key": "key-a"})
+            b = get(proxy, "/proxy/me", host=KEYED, headers={"X-Api-Key": "key-b"})
+            assert (a.text, b.text) == ("for a", "for b")
+            assert b.headers["X-Cache"] == "MISS"
+            get(proxy, "/proxy/public", host=KEYED, headers={"X-Api-Key": "key-a"})
+            shared = get(proxy, "/proxy/public", host=KEYED, headers={"X-Api-Key": "key-b"})
+            assert shared.headers["X-Cache"] == "HIT"  # the host said public
+
+
+def test_forward_auth_has_one_deadline_for_an_auth_server_that_drips(tmp_path, raw_backend):
+    import time as _time
+
+    def drip(conn, _request):
+        try:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            for _ in range(100):  # a byte every 0.1 s: no single read ever times out
+                conn.sendall(b"x")
+                _time.sleep(0.1)
+        except OSError:
+            pass
+    auth = raw_backend(drip)
+    with HTTPBackend() as host:
+        services = {AUTH: {"hosts": [host.port], "filters": [
+            {"use": "forward_auth", "config": {"url": f"http://127.0.0.1:{auth.port}/",
+                                               "timeout_seconds": 0.5}}]}}
+        with ProxyProcess(tmp_path, services) as proxy:
+            started = _time.monotonic()
+            r = get(proxy, host=AUTH)
+            took = _time.monotonic() - started
+            assert (r.status_code, r.json()) == (503, {"error": "auth server timed out"})
+            assert took < 3 and host.count == 0
 
 
 def test_forward_auth_with_the_auth_server_down_is_503_never_an_open_door(tmp_path):

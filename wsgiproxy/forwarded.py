@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from .settings import Network
 
-__all__ = ["UNTRUSTED_HEADERS", "Trust", "is_forwarding_claim"]
+__all__ = ["UNTRUSTED_HEADERS", "Trust", "canonical_address", "is_forwarding_claim"]
 
 #: Request headers (lower case) that claim something about earlier hops: the client's
 #: address, the original host, scheme, URL or method, as proxies, CDNs and frameworks
@@ -42,6 +42,25 @@ def is_forwarding_claim(name: str) -> bool:
     """Whether a request header (lower case) claims something about earlier hops."""
     return name in UNTRUSTED_HEADERS or name.startswith(_CLAIM_PREFIXES) \
         or name.endswith("client-ip")
+
+
+def canonical_address(address: str) -> str:
+    """``address`` as rules compare it: an IPv4-mapped IPv6 address (``::ffff:10.0.0.5``,
+    what a dual-stack socket reports for an IPv4 peer) as the IPv4 one; a port that a
+    proxy appended (``10.0.0.5:4711``, ``[2001:db8::1]:4711``) dropped. Anything else
+    (not an address at all) is returned as it is, for rules to refuse."""
+    if address.startswith("[") and "]" in address:
+        address = address[1:address.index("]")]
+    elif address.count(":") == 1:  # v4:port (an IPv6 address has two colons or more)
+        address = address.split(":", 1)[0]
+    if address[:7].lower() == "::ffff:" and "." in address:
+        try:
+            mapped = ipaddress.IPv6Address(address).ipv4_mapped
+        except ValueError:
+            return address
+        if mapped is not None:
+            return str(mapped)
+    return address
 
 
 class Trust:
@@ -66,7 +85,7 @@ class Trust:
         known = self._cache.get(address)
         if known is None:
             try:
-                ip = ipaddress.ip_address(address.strip().strip("[]"))
+                ip = ipaddress.ip_address(canonical_address(address.strip()))
             except ValueError:
                 known = False
             else:
@@ -77,11 +96,13 @@ class Trust:
 
     def client(self, peer: str, forwarded_for: str | None) -> str:
         """The client address: ``peer``, or from a trusted peer the rightmost
-        untrusted address of ``X-Forwarded-For`` (the leftmost if all are trusted)."""
+        untrusted address of ``X-Forwarded-For`` (the leftmost if all are trusted); in
+        its :func:`canonical_address` form."""
         if not forwarded_for or not self.trusts(peer):
-            return peer
+            return canonical_address(peer)
         chain = [part.strip() for part in forwarded_for.split(",") if part.strip()]
         for address in reversed(chain):
             if not self.trusts(address):
-                return address[:64]  # a trusted proxy appends addresses; this bounds junk
-        return chain[0][:64] if chain else peer
+                # a trusted proxy appends addresses; the slice bounds junk
+                return canonical_address(address[:64])
+        return canonical_address(chain[0][:64] if chain else peer)

@@ -268,7 +268,8 @@ class ProxyApp:
             response = self.upstream.send(
                 route.channel, match.host.normalized,
                 UpstreamRequest(exchange.method, exchange.target, to_host, body, upgrade,
-                                storable=self._canonical(match.host, trusted, environ)),
+                                storable=self._canonical(match.host, trusted, environ),
+                                authenticated=run is not None and run.request.authenticated),
                 exchange)
         except BaseException:
             if upgrade:
@@ -281,7 +282,7 @@ class ProxyApp:
         status, reason = response.status, response.reason
         headers = [*response.headers, ("X-Cache", _X_CACHE.get(response.cache, "MISS"))]
         if run is not None and run.chain.responds:
-            view = Response(status, Headers(headers), cache=response.cache)
+            view = Response(status, Headers._of(headers), cache=response.cache)
             try:
                 run.on_response(view)
             except BaseException:
@@ -339,10 +340,11 @@ class ProxyApp:
         """Run the route's request hooks on a view of what the host would get."""
         fields = upstream_headers(environ, match.host.raw, exchange.request_id, None,
                                   trusted=trusted)
-        request = Request(exchange.method, match.target, Headers(fields.items()),
+        request = Request(exchange.method, match.target, Headers._of(list(fields.items())),
                           host=match.host.raw, client=exchange.client,
                           service=exchange.service,
-                          scheme=fields.get("X-Forwarded-Proto", "http"))
+                          scheme=fields.get("X-Forwarded-Proto", "http"),
+                          client_target=exchange.path)
         run = exchange.filters = chain.start(request)
         answer = run.on_request()
         exchange.target = request.target
@@ -351,8 +353,11 @@ class ProxyApp:
     def _answer(self, start_response: StartResponse, exchange: Exchange, run: FilterRun,
                 answer: Answer, environ: WSGIEnvironment) -> Iterable[bytes]:
         """A filter answered: the earlier filters see it, then the client gets it."""
-        length = [("Content-Length", str(len(answer.body)))]
-        view = Response(answer.status, Headers([*answer.headers, *length]), source="filter")
+        # No Content-Length on a 204 (nor a 304): such responses have no body.
+        length = [] if answer.status in (204, 304) else \
+            [("Content-Length", str(len(answer.body)))]
+        view = Response(answer.status, Headers._of([*answer.headers, *length]),
+                        source="filter")
         run.on_response(view)
         headers = [*_after_filters(length, view.headers), ("X-Request-ID", exchange.request_id)]
         if _declares_body(environ):  # its body was not read: see _error
@@ -475,7 +480,7 @@ def _filtered_error(run: FilterRun, status: int,
                     headers: list[tuple[str, str]]) -> tuple[int, list[tuple[str, str]]]:
     """An error the proxy made, through the response hooks. A filter that fails on it
     is logged and counted, and the error goes out as it was."""
-    view = Response(status, Headers(headers), source="proxy")
+    view = Response(status, Headers._of(list(headers)), source="proxy")
     try:
         run.on_response(view)
     except FilterFailed:

@@ -87,6 +87,7 @@ class RouteTable:
         adapters (connections, ejected hosts); adapters of removed services are closed.
         Filters that did not change keep their instances (``chains`` remembers them)."""
         chains = ChainBuilder() if chains is None else chains
+        chains.begin()
         table = {}
         for service in routes.services:
             policy = resolve_policy(service, settings)

@@ -153,16 +153,22 @@ class HeaderMap:
     proxy builds it), names in any case. What requests' ``CaseInsensitiveDict`` gives,
     at a fifth of the cost on the hit path: no ``MutableMapping`` machinery."""
 
-    __slots__ = ("_fields",)
+    __slots__ = ("_credentials", "_fields")
 
-    def __init__(self, fields: Mapping[str, str]) -> None:
+    def __init__(self, fields: Mapping[str, str], *, credentials: bool = False) -> None:
         self._fields = {k.lower(): v for k, v in fields.items()}
+        #: A filter authenticated the request without ``Authorization`` (an API key, a
+        #: cookie an auth server checked): the rules treat it as carrying credentials.
+        self._credentials = credentials
 
     def get(self, name: str, default: str | None = None, /) -> str | None:
         return self._fields.get(name.lower(), default)
 
     def __contains__(self, name: object, /) -> bool:
-        return isinstance(name, str) and name.lower() in self._fields
+        if not isinstance(name, str):
+            return False
+        lower = name.lower()
+        return lower in self._fields or (self._credentials and lower == "authorization")
 
 
 class HeaderList:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, overload
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -43,6 +43,8 @@ API_VERSION: Final = 1
 
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+#: Statuses whose responses have no body.
+_BODYLESS: Final = frozenset({204, 304})
 #: A request target a filter may set: origin form, no whitespace or control characters.
 _TARGET: Final = re.compile(r"/[\x21-\x7e\x80-\xff]*")
 
@@ -71,7 +73,23 @@ class Headers:
     __slots__ = ("_fields",)
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
-        self._fields: list[tuple[str, str]] = list(fields)
+        checked = list(fields)
+        for name, value in checked:
+            _check(name, value)
+        self._fields: list[tuple[str, str]] = checked
+
+    @classmethod
+    def _of(cls, fields: list[tuple[str, str]]) -> Headers:
+        """Fields the proxy has already checked (its own views: no second check)."""
+        made = cls.__new__(cls)
+        made._fields = fields
+        return made
+
+    @overload
+    def get(self, name: str) -> str | None: ...
+
+    @overload
+    def get(self, name: str, default: str) -> str: ...
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The value of ``name``, repeats joined with ``", "``; ``default`` if absent."""
@@ -139,23 +157,37 @@ class Request:
     :ivar service: the service's name in the routes file.
     :ivar headers: what the host will get. Host, Content-Length, Transfer-Encoding and
         hop-by-hop fields are the proxy's: changes to them are overwritten.
+    :ivar client_target: the target as the client sent it (the service's prefix
+        included), for logs and auth servers; changing :attr:`target` does not change it.
+    :ivar authenticated: set it when the filter established who the client is from
+        something other than ``Authorization`` (a key, a cookie checked by an auth
+        server): the shared cache then stores the response only if the host marks it
+        ``public``, ``s-maxage`` or ``must-revalidate``, as for a request with
+        credentials, so one user's response is not served to another.
     :ivar state: anything a filter wants to keep from one hook to the next, for this
         request only (shared by the filters of the chain: prefix your keys).
     """
 
-    __slots__ = ("_target", "client", "headers", "host", "method", "scheme", "service",
-                 "state")
+    __slots__ = ("_headers", "_target", "authenticated", "client", "client_target",
+                 "host", "method", "scheme", "service", "state")
 
     def __init__(self, method: str, target: str, headers: Headers, *, host: str = "",
-                 client: str = "", service: str = "", scheme: str = "http") -> None:
+                 client: str = "", service: str = "", scheme: str = "http",
+                 client_target: str | None = None) -> None:
         self.method = method
         self._target = target
-        self.headers = headers
+        self._headers = headers
         self.host = host
         self.client = client
         self.service = service
         self.scheme = scheme
+        self.client_target = target if client_target is None else client_target
+        self.authenticated = False
         self.state: dict[str, Any] = {}
+
+    @property
+    def headers(self) -> Headers:
+        return self._headers
 
     @property
     def target(self) -> str:
@@ -188,14 +220,18 @@ class Response:
     The body is not a filter's to change: it streams from the host as it arrives.
     """
 
-    __slots__ = ("_status", "cache", "headers", "source")
+    __slots__ = ("_headers", "_status", "cache", "source")
 
     def __init__(self, status: int, headers: Headers, *, cache: str = "",
                  source: str = "host") -> None:
         self._status = status
-        self.headers = headers
+        self._headers = headers
         self.cache = cache
         self.source = source
+
+    @property
+    def headers(self) -> Headers:
+        return self._headers
 
     @property
     def status(self) -> int:
@@ -203,8 +239,10 @@ class Response:
 
     @status.setter
     def status(self, value: int) -> None:
-        if not isinstance(value, int) or not 200 <= value <= 599:
-            raise ValueError(f"a filter may set a status of 200-599, not {value!r}")
+        # Not 1xx, 204 or 304: the response's body would still follow its head.
+        if not isinstance(value, int) or not 200 <= value <= 599 or value in _BODYLESS:
+            raise ValueError(f"a filter may set a status of 200-599 but 204 and 304, "
+                             f"not {value!r}")
         self._status = value
 
     def __repr__(self) -> str:
@@ -218,13 +256,19 @@ class Answer:
 
     status: int
     body: bytes = b""
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: Iterable[tuple[str, str]] = ()  # kept as a tuple
 
     def __post_init__(self) -> None:
         if not isinstance(self.status, int) or not 200 <= self.status <= 599:
             raise ValueError(f"an answer's status must be 200-599, not {self.status!r}")
-        for name, value in self.headers:
+        if not isinstance(self.body, bytes):
+            raise TypeError(f"an answer's body must be bytes, not {type(self.body).__name__}")
+        if self.status in _BODYLESS and self.body:
+            raise ValueError(f"a {self.status} answer has no body")
+        fields = tuple(self.headers)
+        for name, value in fields:
             _check(name, value)
+        object.__setattr__(self, "headers", fields)
 
     @classmethod
     def error(cls, status: int, message: str,

@@ -87,6 +87,7 @@ class FilterRun:
             try:
                 answer = instance.on_request(request)
             except Exception:
+                self._ran -= 1  # it failed: its later hooks would see half a state
                 chain.failed(instance, "on_request", request)
                 raise FilterFailed(instance.name) from None
             if answer is not None:
@@ -137,6 +138,10 @@ class ChainBuilder:
         self._current: dict[tuple[str, int, FilterSpec], Filter] = {}
         self._next: dict[tuple[str, int, FilterSpec], Filter] = {}
 
+    def begin(self) -> None:
+        """A new load starts (what a load that failed half-way chose is forgotten)."""
+        self._next = {}
+
     def _instances(self, scope: str, specs: Iterable[FilterSpec]) -> list[Filter]:
         out = []
         seen: dict[FilterSpec, int] = {}
@@ -146,6 +151,8 @@ class ChainBuilder:
             instance = self._next.get(key)
             if instance is None:
                 instance = self._current.get(key, spec.built)
+                if instance is not spec.built:  # kept from before: the new one goes
+                    _close(spec.built)
             self._next[key] = instance
             out.append(instance)
         return out
@@ -162,8 +169,14 @@ class ChainBuilder:
         retired = [f for f in self._current.values() if id(f) not in kept]
         self._current, self._next = self._next, {}
         for instance in retired:
-            try:
-                instance.close()
-            except Exception:
-                logger.exception("filter %s failed in close", instance.name)
+            _close(instance)
+
+
+def _close(instance: Filter) -> None:
+    """Requests routed before a reload may still call it: ``close()`` must tolerate
+    that (docs/filters.md)."""
+    try:
+        instance.close()
+    except Exception:
+        logger.exception("filter %s failed in close", instance.name)
 

@@ -12,6 +12,7 @@ names the field. So a bad filter config refuses a start, a reload or
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import json
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class FilterSpec:
 
     use: str
     config_json: str  # canonical JSON of the config
+    settings_digest: str  # of the settings its constructor read: a rotated secret, a new one
     where: str = field(compare=False)  # "proxy.services[0].filters[1]"
     built: Filter = field(compare=False, repr=False)  # the instance this load made
 
@@ -92,16 +94,18 @@ def find_filter(use: str) -> type[Filter]:
 
 def build_spec(raw: dict[str, Any], where: str, source: str, service: str | None,
                describe: Callable[[jsonschema.ValidationError], str],
-               setting: Callable[[str, str], str]) -> FilterSpec:
+               setting: Callable[[str, str], str],
+               cls: type[Filter] | None = None) -> FilterSpec:
     """Check and build one ``filters`` entry, raising :class:`ConfigError` with one line.
 
     :param describe: the routes file's ``field: problem`` wording for schema errors.
     :param setting: reads a setting from the environment or ``.env``.
+    :param cls: the class, when the caller has it (tests); else ``raw["use"]`` names it.
     """
     use = raw["use"]
     config = raw.get("config") or {}
     try:
-        cls = find_filter(use)
+        cls = find_filter(use) if cls is None else cls
     except LookupError as exc:
         raise ConfigError(f"{source}: {where}.use: {exc}") from None
     if cls.config_schema is not None:
@@ -111,7 +115,13 @@ def build_spec(raw: dict[str, Any], where: str, source: str, service: str | None
             first = errors[0]
             first.path.appendleft("config")  # worded from the entry, not the config
             raise ConfigError(f"{source}: {where}.{describe(first)}")
-    context = Context(service, source, setting)
+    read: dict[str, str] = {}
+
+    def recorded(name: str, default: str) -> str:
+        read[name] = value = setting(name, default)
+        return value
+
+    context = Context(service, source, recorded)
     try:
         built = cls(config, context)
     except InvalidConfig as exc:
@@ -121,7 +131,9 @@ def build_spec(raw: dict[str, Any], where: str, source: str, service: str | None
         raise ConfigError(f"{source}: {where}.config: filter {use!r} refused it: "
                           f"{type(exc).__name__}: {exc}") from None
     built.name = use
-    return FilterSpec(use, json.dumps(config, sort_keys=True, default=str), where, built)
+    digest = hashlib.sha256(json.dumps(read, sort_keys=True).encode()).hexdigest()
+    return FilterSpec(use, json.dumps(config, sort_keys=True, default=str), digest, where,
+                      built)
 
 
 def descriptions(routes: Routes) -> list[str]:

@@ -42,12 +42,11 @@ def build(cls: type[F], config: Mapping[str, Any] | None = None, *,
     """
     values = dict(settings or {})
     where = "proxy.filters[0]" if service is None else "proxy.services[0].filters[0]"
-    spec = build_spec({"use": f"{cls.__module__}:{cls.__qualname__}",
-                       "config": dict(config or {})}, where, "<test>", service,
-                       _describe, lambda name, default: values.get(name, default))
+    spec = build_spec({"use": cls.__name__, "config": dict(config or {})}, where, "<test>",
+                      service, _describe, lambda name, default: values.get(name, default),
+                      cls=cls)
     built = spec.built
     assert isinstance(built, cls)
-    built.name = cls.__name__
     return built
 
 
@@ -77,7 +76,9 @@ def run(filters: Sequence[Filter], req: Request,
     """``req`` through ``filters`` as the proxy runs them: request hooks in order until
     one answers; then the answer, or ``host_response`` (default: an empty 200), through
     the response hooks of the filters whose request hook ran, in reverse.
-    Exceptions propagate (the proxy would answer 500)."""
+    Exceptions propagate (the proxy would answer 500 ``{"error": "filter <name>
+    failed"}``); the fields the proxy adds itself (``Content-Length``, ``X-Cache``,
+    ``X-Request-ID``) are not added here."""
     ran: list[Filter] = []
     answer: Answer | None = None
     for f in filters:

@@ -90,7 +90,8 @@ class CacheStep:
         method = request.method
         if method in SERVED_METHODS:
             return self._served(adapter, cache_key(host, request.target), request,
-                                HeaderMap(request.headers), log)
+                                HeaderMap(request.headers, credentials=request.authenticated),
+                                log)
         response = adapter.forward(method, request.target, request.headers, request.body,
                                    log)
         if method not in SAFE_METHODS and 200 <= response.status < 400:

@@ -29,6 +29,9 @@ class UpstreamRequest:
     #: False: the response may be answered from the cache but must not be stored
     #: (the host saw a Host or forwarding claims the cache key does not carry).
     storable: bool = True
+    #: A filter established who the client is (docs/filters.md): the cache stores the
+    #: response only as it would for a request with credentials.
+    authenticated: bool = False
 
 
 @dataclass(slots=True)

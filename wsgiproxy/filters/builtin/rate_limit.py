@@ -28,13 +28,16 @@ sending new values, so key on a header a filter earlier in the chain has checked
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import math
 import os
+import posixpath
 import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
+from urllib.parse import unquote
 
 import cachetools
 import redis
@@ -62,6 +65,8 @@ MAX_MEMORY_KEYS: Final = 100_000
 REDIS_BACKOFF_SECONDS: Final = 1.0
 #: How long a request waits on Redis: a slow Redis must not become a slow proxy.
 REDIS_TIMEOUT_SECONDS: Final = 0.25
+#: Connections to Redis per filter and worker.
+REDIS_CONNECTIONS: Final = 32
 
 # One round trip: read the key's theoretical arrival time (TAT), decide, store it back
 # with an expiry, on Redis's clock so that replicas with skewed clocks agree.
@@ -143,9 +148,13 @@ class RedisCounts:
 
     def __init__(self, gcra: GCRA, url: str) -> None:
         self._gcra = gcra
-        self._client = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_SECONDS,
-                                            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-                                            health_check_interval=30)
+        # Bounded: a flood waits (up to the timeout) for one of these connections, and
+        # then passes uncounted, rather than opening thousands of connections to Redis.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=REDIS_CONNECTIONS, timeout=REDIS_TIMEOUT_SECONDS,
+            socket_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_connect_timeout=REDIS_TIMEOUT_SECONDS, health_check_interval=30)
+        self._client = redis.Redis(connection_pool=pool)
         self._script = self._client.register_script(_GCRA_SCRIPT)
 
     def hit(self, key: str) -> _Verdict:
@@ -155,6 +164,26 @@ class RedisCounts:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _normalized(path: str) -> str:
+    """The path as most hosts resolve it (percent-escapes decoded, ``//`` and dot
+    segments collapsed), so that ``/%6cogin`` or ``/x/../login`` count as ``/login``.
+    Decoding more than a host would can only count more requests, never fewer."""
+    decoded = re.sub("/{2,}", "/", unquote(path, errors="replace"))
+    resolved = posixpath.normpath(decoded)
+    return resolved + "/" if decoded.endswith("/") and resolved != "/" else resolved
+
+
+def _client_key(client: str) -> str:
+    """An IPv6 client counts by its /64: one subscriber usually holds a whole /64, and
+    would otherwise get a new count with every address in it."""
+    if ":" not in client:
+        return client
+    try:
+        return str(ipaddress.IPv6Network(f"{client}/64", strict=False).network_address)
+    except ValueError:
+        return client
 
 
 def _parse_limit(raw: str) -> tuple[int, float]:
@@ -207,7 +236,10 @@ class RateLimit(Filter):
         self.gcra = GCRA(limit, period, int(config.get("burst", limit)))
         key = config.get("key", "client")
         self.key_kind, _, self.key_header = key.partition(":")
-        self.methods = frozenset(config.get("methods", ())) or None
+        methods = set(config.get("methods", ()))
+        if "GET" in methods:
+            methods.add("HEAD")  # the same resource, the same work for the host
+        self.methods = frozenset(methods) or None
         self.path_prefix: str = config.get("path_prefix", "/")
         self.url = counts_url(context)
         self.scope = context.service or "*"  # proxy-level limits span every service
@@ -232,10 +264,11 @@ class RateLimit(Filter):
         """The bucket this request counts against; None: not limited."""
         if self.methods is not None and request.method not in self.methods:
             return None
-        if self.path_prefix != "/" and not request.path.startswith(self.path_prefix):
+        if self.path_prefix != "/" and not _normalized(request.path).startswith(
+                self.path_prefix):
             return None
         if self.key_kind == "client":  # an address the proxy established: short, plain
-            return self._prefix + request.client
+            return self._prefix + _client_key(request.client)
         if self.key_kind == "service":
             return self._prefix + request.service
         # Hashed: a header's value is the client's, of any length and content.
@@ -262,7 +295,7 @@ class RateLimit(Filter):
         verdict = request.state.get("rate_limit")
         if verdict is not None and response.source != "filter":
             for name, value in self._fields(verdict):
-                response.headers.set(name, value)
+                response.headers.add(name, value)  # a second limit adds its own
 
     def _fields(self, verdict: Decision) -> list[tuple[str, str]]:
         # r: requests the key may send now; t: seconds until its whole burst is back.

@@ -13,7 +13,8 @@ The routes file holds only digests, so it can live in Git: the key itself is nev
 written down on the proxy's side. A request whose key matches goes on with the key
 removed (the host does not need the secret) and ``X-Api-Client: <name>`` set, which
 a client cannot forge: any ``X-Api-Client`` it sent is replaced or removed. Any other
-request is 401 JSON with ``WWW-Authenticate: ApiKey``.
+request is 401 JSON with ``WWW-Authenticate: ApiKey``. A rate limit after it can key on
+``header:X-Api-Client``: one count per client, whatever keys are tried.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class ApiKey(Filter):
         "properties": {
             "header": {"type": "string", "pattern": "^[A-Za-z0-9-]+$"},
             "keys": {"type": "object", "minProperties": 1,
+                     "propertyNames": {"pattern": "^[A-Za-z0-9._-]{1,64}$"},
                      "additionalProperties": {"type": "string"}},
             "client_header": {"type": "string", "pattern": "^[A-Za-z0-9-]+$"},
         },
@@ -64,7 +66,11 @@ class ApiKey(Filter):
             if not _HEX64.fullmatch(value):
                 raise InvalidConfig("must be the SHA-256 of the key, 64 lower-case hex "
                                     "digits", field=f"keys.{name}")
-            self.digests[bytes.fromhex(value)] = name
+            known = bytes.fromhex(value)
+            if known in self.digests:
+                raise InvalidConfig(f"the same key as {self.digests[known]!r}",
+                                    field=f"keys.{name}")
+            self.digests[known] = name
 
     def client_of(self, key: str | None) -> str | None:
         """The name of the client whose key this is, or None."""
@@ -86,4 +92,7 @@ class ApiKey(Filter):
                                 headers=[("WWW-Authenticate", f'ApiKey header="{self.header}"')])
         request.headers.set(self.client_header, client)
         request.state["api_key.client"] = client
+        # Who it is was established here, not by Authorization: the shared cache must
+        # not serve this client's responses to another (unless the host says public).
+        request.authenticated = True
         return None
