@@ -8,8 +8,8 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-runtime.t
 
 .PHONY: install test-tools run gunicorn check-config demo test fuzz test-matrix lint load-test bench bench-tools cache-tests docker-build docs clean
 
-# The example filter distribution is installed as a team installs its own; its
-# dependency, wsgiproxy, is this checkout, on the path already (--no-deps).
+# The example filter distribution is installed as a team installs its own; what it
+# needs, wsgiproxy, is this checkout, on the path already (--no-deps).
 $(STAMP): requirements.txt requirements-runtime.txt $(EXAMPLE)/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

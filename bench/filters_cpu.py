@@ -35,12 +35,12 @@ def per_request(chain: Chain, n: int) -> float:
     """Microseconds of CPU per request through ``chain``."""
     start = time.process_time()
     for _ in range(n):
-        request = Request("GET", "/small", Headers(TO_HOST.items()), host="bench.test",
-                          client="127.0.0.1", service="bench")
+        request = Request("GET", "/small", Headers._of(list(TO_HOST.items())),
+                          host="bench.test", client="127.0.0.1", service="bench")
         run = chain.start(request)
         run.on_request()
         _host_fields(request.headers, "bench.test", "0" * 32, None)
-        view = Response(200, Headers(FROM_HOST))
+        view = Response(200, Headers._of(list(FROM_HOST)))
         run.on_response(view)
         _after_filters(FROM_HOST, view.headers)
         run.on_complete(None)  # type: ignore[arg-type]  # no hook reads it here

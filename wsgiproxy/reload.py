@@ -81,7 +81,9 @@ class RoutesReloader:
         self.current = routes
         if self._metrics is not None:
             self._metrics.succeeded()
-        logger.info("routes reloaded (%s): %d services", reason, len(routes.services))
+        count = len(routes.services)
+        logger.info("routes reloaded (%s): %d service%s", reason, count,
+                    "" if count == 1 else "s")
         return True
 
 
