@@ -48,12 +48,12 @@ def test_through_a_chain_the_answer_is_what_the_client_gets() -> None:
     assert (out.status, out.source) == (401, "filter")
 
 
-def test_the_same_key_under_two_names_is_refused():
+def test_the_same_key_under_two_names_is_refused() -> None:
     with pytest.raises(testing.ConfigError, match=r"config\.keys\.copy: the same key as"):
         testing.build(ApiKey, {"keys": {"billing": digest("k"), "copy": digest("k")}})
 
 
-def test_a_let_through_request_is_marked_authenticated_for_the_cache():
+def test_a_let_through_request_is_marked_authenticated_for_the_cache() -> None:
     request = testing.request(headers={"X-Api-Key": "s3cret"})
     assert testing.build(ApiKey, {"keys": KEYS}).on_request(request) is None
     assert request.authenticated
