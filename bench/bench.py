@@ -5,10 +5,12 @@
 Starts three nginx backends serving fixed responses, nginx as the reference reverse
 proxy (and nginx with proxy_cache for the hit path), the stack's ceiling (bench/hello.py:
 the same responses from memory, under the same gunicorn command and configuration as
-the proxy), and wsgiproxy under the documented gunicorn command and under ``python -m
-wsgiproxy``. Drives each with wrk, interleaved, round after round; prints one table of
-medians with the ratios to the ceiling and to nginx measured in the same round, checks
-the targets, and writes reports/bench.json and reports/bench.png (bench/chart.py).
+the proxy), a Python peer (bench/aiohttp_peer.py: a small aiohttp reverse proxy, no
+cache, in as many processes as gunicorn has workers), and wsgiproxy under the
+documented gunicorn command and under ``python -m wsgiproxy``. Drives each with wrk,
+interleaved, round after round; prints one table of medians with the ratios to the
+ceiling, to nginx and to the peer measured in the same round, checks the targets, and
+writes reports/bench.json and reports/bench.png (bench/chart.py).
 Stops everything it started, by PID.
 
 Needs nginx, libnginx-mod-http-echo and wrk (Debian packages of those names).
@@ -106,12 +108,14 @@ class Scenario:
 
 
 SCENARIOS = (
-    Scenario("small", "/small", 50, ("nginx", "hello", "wsgiproxy", "wsgiproxy-pywsgi"),
-             "100 B no-store (miss path)"),
-    Scenario("cached", "/cached", 50, ("nginx-cache", "hello", "wsgiproxy"),
-             "1 KB public, max-age=60 (hit path)", reference="nginx-cache"),
-    Scenario("big", "/big", 50, ("nginx", "hello", "wsgiproxy"), "1 MiB no-store"),
-    Scenario("slow", "/slow", 500, ("nginx", "hello", "wsgiproxy"),
+    Scenario("small", "/small", 50, ("nginx", "hello", "aiohttp", "wsgiproxy",
+                                     "wsgiproxy-pywsgi"), "100 B no-store (miss path)"),
+    Scenario("cached", "/cached", 50, ("nginx-cache", "hello", "aiohttp", "wsgiproxy"),
+             "1 KB public, max-age=60 (hit path; the peer has no cache: a miss)",
+             reference="nginx-cache"),
+    Scenario("big", "/big", 50, ("nginx", "hello", "aiohttp", "wsgiproxy"),
+             "1 MiB no-store"),
+    Scenario("slow", "/slow", 500, ("nginx", "hello", "aiohttp", "wsgiproxy"),
              "500 connections, host answers after 100 ms"),
     Scenario("c1000", "/sleep1", 1000, ("nginx", "hello", "wsgiproxy"),
              "1 000 connections, host answers after 1 s"),
@@ -123,6 +127,8 @@ SCENARIOS = (
              reference="wsgiproxy"),
 )
 CEILING = "hello"
+#: The Python peer wsgiproxy has to stay ahead of (issue #24).
+PEER = "aiohttp"
 
 #: Services of the proxy's routes file that run filters (docs/filters.md), on the same
 #: hosts as the plain one; a limit no benchmark reaches, so every request is counted.
@@ -252,8 +258,8 @@ def main() -> int:
             start_backend(port)
 
         ports = {name: reserve_port() for name in
-                 ("nginx", "nginx-cache", "hello", "wsgiproxy", "wsgiproxy-pywsgi",
-                  "wsgiproxy-base", "wsgiproxy-redis")}
+                 ("nginx", "nginx-cache", "hello", "aiohttp", "wsgiproxy",
+                  "wsgiproxy-pywsgi", "wsgiproxy-base", "wsgiproxy-redis")}
         servers = "\n    ".join(f"server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;"
                                 for p in backend_ports)
         conf = nginx_conf(procs, "proxy", nginx_config(
@@ -285,6 +291,10 @@ def main() -> int:
                               "bench.hello:app"],
                     env={"CONFIGURATION_FILENAME": str(routes), "METRICS_ADDR": ""},
                     port=ports["hello"])
+        if any(PEER in s.targets for s in scenarios):  # as many processes as workers
+            procs.start(PEER, [PYTHON, str(REPO / "bench" / "aiohttp_peer.py"), "--port",
+                               str(ports[PEER]), "--processes", str(args.workers),
+                               *map(str, backend_ports)], port=ports[PEER])
 
         def url(target: str, path: str) -> str:
             prefix = "/proxy" if target.startswith("wsgiproxy") else ""
@@ -362,7 +372,8 @@ def summarise(scenarios: list[Scenario], results: dict[tuple[str, str], Row],
             entry["rss_mib"] = round(max(r.rss_mib for r in row.runs), 1)
             entry["failures"] = sum(r.result.failures for r in row.runs)
             entry["cores_per_1000_rps"] = round(1000 * entry["cpu"] / max(entry["rps"], 1e-9), 3)
-            for name, base in (("to_ceiling", CEILING), ("to_nginx", scenario.reference)):
+            for name, base in (("to_ceiling", CEILING), ("to_nginx", scenario.reference),
+                               ("to_peer", PEER)):
                 if base in rows:
                     entry[name] = round(statistics.median(
                         getattr(r.result, attr) / max(1e-9, getattr(b.result, attr))
@@ -381,6 +392,12 @@ def checks(name: str, targets: dict, results: dict[tuple[str, str], Row]) -> lis
     """The issue's targets for this scenario: (what, met?) for wsgiproxy."""
     ours, nginx, ceiling = targets["wsgiproxy"], targets.get("nginx"), targets.get(CEILING)
     found: list[tuple[str, bool]] = []
+    peer = targets.get(PEER)
+    if peer:  # ahead of the peer, with a p99 no worse than twice its own
+        unit = "MiB/s" if name == "big" else "req/s"
+        found.append((f"{ours['to_peer']:.3f} x {PEER} {unit} >= 1", ours["to_peer"] >= 1))
+        found.append((f"p99 {ours['p99_ms']:.1f} ms <= 2 x {PEER} p99 {peer['p99_ms']:.1f}",
+                      ours["p99_ms"] <= 2 * peer["p99_ms"]))
     if name in ("small", "cached"):
         minimum = 0.5 if name == "small" else 0.9
         assert ceiling
@@ -417,23 +434,26 @@ def checks(name: str, targets: dict, results: dict[tuple[str, str], Row]) -> lis
 
 
 def print_table(summary: dict) -> None:
-    print(f"\nwsgiproxy, its ceiling and nginx: medians of {summary['rounds']} round(s) of "
-          f"{summary['seconds']:g} s, wrk -t1, gunicorn/nginx with {summary['workers']} "
-          f"workers; {summary['machine']['cpu']}, {summary['machine']['cores']} cores\n")
+    print(f"\nwsgiproxy, its ceiling, the {PEER} peer and nginx: medians of "
+          f"{summary['rounds']} round(s) of {summary['seconds']:g} s, wrk -t1, "
+          f"gunicorn/nginx with {summary['workers']} workers; "
+          f"{summary['machine']['cpu']}, {summary['machine']['cores']} cores\n")
     head = (f"{'scenario':9} {'target':17} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-            f"{'MiB/s':>7} {'fail':>5} {'CPU':>5} {'RSS MiB':>7} {'/ceil':>6} {'/nginx':>6}")
+            f"{'MiB/s':>7} {'fail':>5} {'CPU':>5} {'RSS MiB':>7} {'/ceil':>6} {'/nginx':>6} "
+            f"{'/' + PEER:>8}")
     print(head)
     print("-" * len(head))
     for scenario in summary["scenarios"]:
         for target, t in scenario["targets"].items():
             ceiling = f"{t['to_ceiling']:6.3f}" if "to_ceiling" in t else " " * 6
             nginx = f"{t['to_nginx']:6.3f}" if "to_nginx" in t else " " * 6
+            peer = f"{t['to_peer']:8.3f}" if "to_peer" in t else ""
             print(f"{scenario['name']:9} {target:17} {t['rps']:8.0f} {t['p50_ms']:8.2f} "
                   f"{t['p99_ms']:8.2f} {t['mib_s']:7.1f} {t['failures']:5d} {t['cpu']:5.2f} "
-                  f"{t['rss_mib']:7.0f} {ceiling} {nginx}")
+                  f"{t['rss_mib']:7.0f} {ceiling} {nginx} {peer}")
     print("\n/ceil: to the ceiling (the same responses from memory under the same gunicorn "
           "command);\n/nginx: to nginx (cached: nginx proxy_cache), in the same round; big: "
-          "MiB/s\n")
+          f"MiB/s;\n/{PEER}: to the aiohttp peer (bench/aiohttp_peer.py), in the same round\n")
     for scenario in summary["scenarios"]:
         met = all(c["met"] for c in scenario["checks"])
         print(f"  {scenario['name']:9} {'met' if met else 'NOT met'}: " + "; ".join(

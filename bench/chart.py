@@ -1,5 +1,6 @@
 """Draw ``make bench``'s results (reports/bench.json) as one PNG: per scenario, the
-throughput of wsgiproxy, its ceiling and nginx side by side, and their p50 and p99.
+throughput of wsgiproxy, its ceiling, the aiohttp peer and nginx side by side, and
+their p50 and p99.
 
     python bench/chart.py [reports/bench.json] [out.png]
 """
@@ -17,8 +18,9 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 COLOURS = {"wsgiproxy": "#1f77b4", "wsgiproxy-pywsgi": "#9ecae1", "hello": "#2ca02c",
-           "nginx": "#7f7f7f", "nginx-cache": "#7f7f7f"}
+           "nginx": "#7f7f7f", "nginx-cache": "#7f7f7f", "aiohttp": "#ff7f0e"}
 LABELS = {"hello": "ceiling (hello, same gunicorn)", "nginx-cache": "nginx proxy_cache",
+          "aiohttp": "aiohttp peer (no cache)",
           "wsgiproxy-pywsgi": "wsgiproxy (pywsgi)"}
 
 
