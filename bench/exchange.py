@@ -1,0 +1,187 @@
+"""The exchange with a host, alone: CPU per keep-alive GET of 100 bytes, by client stack.
+
+    python bench/exchange.py [--count 20000] [--rounds 3]
+
+Starts one nginx (one worker) answering ``GET /small`` with 100 bytes, and, in this
+process under gevent (monkey-patched, as in a worker), sends it ``--count`` GETs on one
+kept-alive connection with each client below, round after round, interleaved. Prints
+the median over rounds of this process's CPU time (user + system, so gevent's and the
+kernel's share of the client side are in it; nginx's are not) and wall time per
+exchange. What a proxy's miss spends talking to its host, without the proxy around it:
+
+* ``wsgiproxy pool``: the proxy's own ``UpstreamConnectionPool.urlopen`` (raw target,
+  attempt log, interim responses skipped, its header parser), called as the adapter
+  calls it, then the body read and the connection released;
+* ``urllib3``: a stock ``HTTPConnectionPool.urlopen``, the same keywords;
+* ``http.client``: ``HTTPConnection.request`` / ``getresponse`` / ``read``;
+* ``socket + httptools``: a prepared request head in one ``sendall``, the response fed
+  to llhttp (the parser aiohttp and uvicorn use) through ``httptools``.
+
+Stops nginx by PID on exit.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+# The imports below must see the patched socket module, as a gunicorn worker's do.
+import argparse  # noqa: E402
+import http.client  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import httptools  # noqa: E402
+from common import Processes, nginx_config, require, reserve_port  # noqa: E402
+from urllib3 import HTTPConnectionPool  # noqa: E402
+from urllib3.util import Retry  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from wsgiproxy.upstream.transport import UpstreamConnectionPool  # noqa: E402
+
+HOST = "bench.test"
+HTTP = """\
+  keepalive_timeout 75s;
+  server {{
+    listen 127.0.0.1:{port};
+    location = /small {{ add_header Cache-Control no-store; return 200 "{body}"; }}
+  }}
+"""
+URLOPEN = {"redirect": False, "assert_same_host": False, "preload_content": False,
+           "decode_content": False, "release_conn": False}
+
+
+class _Log:
+    """An attempt log that keeps nothing (the proxy's Exchange records into a list)."""
+
+    def attempted(self, host: str, outcome: str, status: int = 0) -> None: ...
+
+    def sent(self, at: float) -> None: ...
+
+    def answered(self, at: float) -> None: ...
+
+    def broke_off(self, outcome: str) -> None: ...
+
+
+def wsgiproxy_pool(port: int) -> Callable[[], bytes]:
+    pool = UpstreamConnectionPool("127.0.0.1", port, maxsize=1)
+    retries, log = Retry(total=2, redirect=False, raise_on_status=False), _Log()
+
+    def exchange() -> bytes:
+        r = pool.urlopen("GET", "/small", headers={"Host": HOST}, retries=retries,
+                         target="/small", log=log, **URLOPEN)
+        body = r.read()
+        r.release_conn()
+        return body
+    return exchange
+
+
+def urllib3_pool(port: int) -> Callable[[], bytes]:
+    pool = HTTPConnectionPool("127.0.0.1", port, maxsize=1)
+    retries = Retry(total=2, redirect=False, raise_on_status=False)
+
+    def exchange() -> bytes:
+        r = pool.urlopen("GET", "/small", headers={"Host": HOST}, retries=retries,
+                         **URLOPEN)
+        body = r.read()
+        r.release_conn()
+        return body
+    return exchange
+
+
+def stdlib(port: int) -> Callable[[], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+
+    def exchange() -> bytes:
+        conn.request("GET", "/small", headers={"Host": HOST})
+        return conn.getresponse().read()
+    return exchange
+
+
+class _Message:
+    """httptools' callbacks for one response: its status, fields and body."""
+
+    def __init__(self) -> None:
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.complete = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+def socket_httptools(port: int) -> Callable[[], bytes]:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    head = f"GET /small HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode("latin-1")
+
+    def exchange() -> bytes:
+        message = _Message()
+        parser = httptools.HttpResponseParser(message)
+        sock.sendall(head)
+        while not message.complete:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("the host closed the connection")
+            parser.feed_data(data)
+        parser.get_status_code()
+        return b"".join(message.body)
+    return exchange
+
+
+CLIENTS = {"wsgiproxy pool": wsgiproxy_pool, "urllib3": urllib3_pool,
+           "http.client": stdlib, "socket + httptools": socket_httptools}
+
+
+def measure(exchange: Callable[[], bytes], count: int) -> tuple[float, float]:
+    """CPU and wall microseconds per exchange over ``count`` exchanges."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(count):
+        exchange()
+    return ((time.process_time() - cpu) / count * 1e6,
+            (time.perf_counter() - wall) / count * 1e6)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    nginx = require("nginx", "nginx")
+    with Processes() as procs:
+        port = reserve_port()
+        (procs.workdir / "tmp").mkdir()
+        conf = procs.workdir / "host.conf"
+        conf.write_text(nginx_config(procs.workdir, "host",
+                                     HTTP.format(port=port, body="s" * 100)))
+        procs.start("host", [nginx, "-c", str(conf), "-p", str(procs.workdir)], port=port)
+        clients = {name: make(port) for name, make in CLIENTS.items()}
+        for name, exchange in clients.items():  # warm up, and check what comes back
+            body = exchange()
+            assert body == b"s" * 100, (name, body)
+            measure(exchange, 500)
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name in clients}
+        for _ in range(args.rounds):
+            for name, exchange in clients.items():
+                results[name].append(measure(exchange, args.count))
+    print(f"\n{args.count} keep-alive GETs of 100 B to nginx per client and round, "
+          f"medians of {args.rounds} rounds, under gevent\n")
+    print(f"{'client':20} {'CPU µs':>8} {'wall µs':>8} {'÷ urllib3':>9}")
+    base = statistics.median(c for c, _ in results["urllib3"])
+    for name, runs in results.items():
+        cpu = statistics.median(c for c, _ in runs)
+        wall = statistics.median(w for _, w in runs)
+        print(f"{name:20} {cpu:8.1f} {wall:8.1f} {cpu / base:9.2f}")
+
+
+if __name__ == "__main__":
+    main()
