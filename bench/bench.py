@@ -280,10 +280,12 @@ def main() -> int:
                         routes_file(work, ports["wsgiproxy-pywsgi"], DOMAIN, backend_ports),
                         server="pywsgi")
         if args.base is not None:  # the earlier commit's own documented command
+            # PYTHONPATH: the venv's wsgiproxy-preflight.pth imports this checkout's
+            # wsgiproxy when Python starts; the base's must be found first.
             procs.start("wsgiproxy-base", server_argv("gunicorn", workers=args.workers),
                         env={"CONFIGURATION_FILENAME": str(routes_file(
                             work, ports["wsgiproxy-base"], DOMAIN, backend_ports)),
-                             "METRICS_ADDR": ""},
+                             "METRICS_ADDR": "", "PYTHONPATH": str(args.base.resolve())},
                         port=ports["wsgiproxy-base"], cwd=args.base.resolve())
         # The ceiling: the same command (and gunicorn.conf.py) serving a hello-world app.
         procs.start("hello", [PYTHON, "-m", "gunicorn", "-k", "gevent", "-w",

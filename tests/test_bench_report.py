@@ -71,3 +71,14 @@ def test_the_chart_is_a_png_of_every_scenario(tmp_path):
     chart.draw(json.loads(source.read_text()), out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.stat().st_size > 20_000  # two rows of plots, not an empty canvas
+
+
+def test_the_aiohttp_peer_must_be_beaten_with_a_tail_within_twice_its_own():
+    nginx, peer = target(30_000, 5, to_nginx=1.0), target(9_000, 13, to_peer=1.0)
+    hello = target(10_000, 80, to_ceiling=1.0)
+    ahead = scenario("small", {"nginx": nginx, "hello": hello, "aiohttp": peer,
+                               "wsgiproxy": target(9_500, 26, to_ceiling=0.95, to_peer=1.05)})
+    assert met(ahead) == [True, True, True, True, True]
+    behind = scenario("slow", {"nginx": nginx, "hello": hello, "aiohttp": peer,
+                               "wsgiproxy": target(2_700, 27, to_peer=0.3)})
+    assert met(behind)[:2] == [False, False]
