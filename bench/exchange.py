@@ -1,6 +1,6 @@
 """The exchange with a host, alone: CPU per keep-alive GET of 100 bytes, by client stack.
 
-    python bench/exchange.py [--count 20000] [--rounds 3]
+    python bench/exchange.py [--count 20000] [--rounds 3] [--profile]
 
 Starts one nginx (one worker) answering ``GET /small`` with 100 bytes, and, in this
 process under gevent (monkey-patched, as in a worker), sends it ``--count`` GETs on one
@@ -17,7 +17,9 @@ exchange. What a proxy's miss spends talking to its host, without the proxy arou
 * ``socket + httptools``: a prepared request head in one ``sendall``, the response fed
   to llhttp (the parser aiohttp and uvicorn use) through ``httptools``.
 
-Stops nginx by PID on exit.
+``--profile`` then runs the proxy's pool once more under cProfile with a CPU clock
+(time spent waiting for the host is not counted) and prints its self time by layer,
+as bench/layers.py groups py-spy's samples. Stops nginx by PID on exit.
 """
 
 from gevent import monkey
@@ -26,6 +28,8 @@ monkey.patch_all()
 
 # The imports below must see the patched socket module, as a gunicorn worker's do.
 import argparse  # noqa: E402
+import collections  # noqa: E402
+import cProfile  # noqa: E402
 import http.client  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
@@ -36,6 +40,7 @@ from pathlib import Path  # noqa: E402
 
 import httptools  # noqa: E402
 from common import Processes, nginx_config, require, reserve_port  # noqa: E402
+from layers import layer_of  # noqa: E402
 from urllib3 import HTTPConnectionPool  # noqa: E402
 from urllib3.util import Retry  # noqa: E402
 
@@ -151,10 +156,29 @@ def measure(exchange: Callable[[], bytes], count: int) -> tuple[float, float]:
             (time.perf_counter() - wall) / count * 1e6)
 
 
+def profile(exchange: Callable[[], bytes], count: int) -> str:
+    """Self CPU time per exchange by layer, under cProfile (which adds its own cost to
+    every call: the shares mean more than the sum)."""
+    profiler = cProfile.Profile(time.process_time)
+    profiler.runcall(lambda: [exchange() for _ in range(count)])
+    profiler.create_stats()
+    layers: collections.Counter[str] = collections.Counter()
+    for (filename, _line, _name), (_cc, _nc, tottime, _ct, _callers) in \
+            profiler.stats.items():  # type: ignore[attr-defined]
+        layers[layer_of(filename) if filename != "~" else
+               "C functions (builtins, methods, socket calls)"] += tottime
+    total = sum(layers.values())
+    return "".join([f"\nwsgiproxy pool under cProfile (CPU clock), self time by layer, "
+                    f"{total / count * 1e6:.0f} µs per exchange profiled:\n",
+                    *(f"  {name:46} {100 * seconds / total:5.1f}%\n"
+                      for name, seconds in layers.most_common())])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     nginx = require("nginx", "nginx")
     with Processes() as procs:
@@ -173,6 +197,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, exchange in clients.items():
                 results[name].append(measure(exchange, args.count))
+        profiled = profile(clients["wsgiproxy pool"], args.count) if args.profile else ""
     print(f"\n{args.count} keep-alive GETs of 100 B to nginx per client and round, "
           f"medians of {args.rounds} rounds, under gevent\n")
     print(f"{'client':20} {'CPU µs':>8} {'wall µs':>8} {'÷ urllib3':>9}")
@@ -181,6 +206,7 @@ def main() -> None:
         cpu = statistics.median(c for c, _ in runs)
         wall = statistics.median(w for _, w in runs)
         print(f"{name:20} {cpu:8.1f} {wall:8.1f} {cpu / base:9.2f}")
+    print(profiled, end="")
 
 
 if __name__ == "__main__":
