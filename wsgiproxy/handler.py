@@ -40,10 +40,11 @@ from .filters import Headers, Outcome, Request, Response
 from .filters.chain import ChainBuilder
 from .forwarded import Trust
 from .headers import (
-    HOP_BY_HOP,
     check_header_size,
+    client_headers_after_filters,
     request_id,
     upstream_headers,
+    upstream_headers_after_filters,
     websocket_upgrade,
 )
 from .logs import AccessLog, configure_logging
@@ -77,12 +78,6 @@ logger = logging.getLogger(__name__)
 _REWRITING_CLAIMS: Final = ("HTTP_X_FORWARDED_HOST", "HTTP_X_ORIGINAL_URL",
                             "HTTP_X_REWRITE_URL", "HTTP_FORWARDED", "HTTP_X_FORWARDED_PREFIX",
                             "HTTP_X_ORIGINAL_HOST")
-
-#: Fields the proxy writes itself, whatever a filter left (docs/filters.md): the
-#: host's Host and the framing of bodies no filter sees.
-_PROXY_OWNED: Final = HOP_BY_HOP | {"host", "content-length", "x-request-id"}
-#: Fields of a response a filter may not change: the body's framing.
-_FRAMING: Final = HOP_BY_HOP | {"content-length"}
 
 #: How the cache answered, as the ``X-Cache`` header tells the client.
 _X_CACHE = {CacheResult.HIT: "HIT", CacheResult.REVALIDATED: "HIT",
@@ -253,8 +248,8 @@ class ProxyApp:
             to_host = upstream_headers(environ, match.host.raw, exchange.request_id, length,
                                        trusted=trusted)
         else:
-            to_host = _host_fields(run.request.headers, match.host.raw,
-                                   exchange.request_id, length)
+            to_host = upstream_headers_after_filters(run.request.headers, match.host.raw,
+                                                     exchange.request_id, length)
         upgrade, client_socket = "", None
         if "HTTP_UPGRADE" in environ and websocket_upgrade(environ):
             # Both servers hand over the client's socket (the 101 and the bytes after it
@@ -290,7 +285,7 @@ class ProxyApp:
                 raise
             if view.status != status:
                 status, reason = view.status, ""
-            headers = _after_filters(headers, view.headers)
+            headers = client_headers_after_filters(headers, view.headers)
         headers.append(("X-Request-ID", exchange.request_id))
         exchange.cache, exchange.status = response.cache, status
         if isinstance(body, StreamedBody) and not body.finished:
@@ -359,7 +354,8 @@ class ProxyApp:
         view = Response(answer.status, Headers._of([*answer.headers, *length]),
                         source="filter")
         run.on_response(view)
-        headers = [*_after_filters(length, view.headers), ("X-Request-ID", exchange.request_id)]
+        headers = [*client_headers_after_filters(length, view.headers),
+                   ("X-Request-ID", exchange.request_id)]
         if _declares_body(environ):  # its body was not read: see _error
             headers.append(("Connection", "close"))
         exchange.status = view.status
@@ -448,34 +444,6 @@ class ProxyApp:
             self.access_log.flush()
 
 
-def _host_fields(view: Headers, host: str, rid: str,
-                 content_length: int | None) -> dict[str, str]:
-    """What the host gets after the filters: their fields (repeats joined), with the
-    proxy's own Host, framing and request id."""
-    fields: dict[str, str] = {"Host": host}
-    lower_names: dict[str, str] = {}
-    for name, value in view:
-        lower = name.lower()
-        if lower in _PROXY_OWNED:
-            continue
-        if lower in lower_names:
-            first = lower_names[lower]
-            fields[first] += ("; " if lower == "cookie" else ", ") + value
-        else:
-            lower_names[lower] = name
-            fields[name] = value
-    if content_length is not None:
-        fields["Content-Length"] = str(content_length)
-    fields["X-Request-ID"] = rid
-    return fields
-
-
-def _after_filters(original: list[tuple[str, str]], view: Headers) -> list[tuple[str, str]]:
-    """A response's fields after the filters: theirs, with the body's framing as it was."""
-    framing = [(n, v) for n, v in original if n.lower() in _FRAMING]
-    return [*((n, v) for n, v in view if n.lower() not in _FRAMING), *framing]
-
-
 def _filtered_error(run: FilterRun, status: int,
                     headers: list[tuple[str, str]]) -> tuple[int, list[tuple[str, str]]]:
     """An error the proxy made, through the response hooks. A filter that fails on it
@@ -485,7 +453,7 @@ def _filtered_error(run: FilterRun, status: int,
         run.on_response(view)
     except FilterFailed:
         return status, headers
-    return view.status, _after_filters(headers, view.headers)
+    return view.status, client_headers_after_filters(headers, view.headers)
 
 
 def create_app(settings: Settings | None = None, routes: Routes | None = None,

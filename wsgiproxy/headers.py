@@ -32,9 +32,11 @@ __all__ = [
     "HOP_BY_HOP",
     "check_header_size",
     "client_headers",
+    "client_headers_after_filters",
     "connection_tokens",
     "request_id",
     "upstream_headers",
+    "upstream_headers_after_filters",
     "websocket_upgrade",
 ]
 
@@ -166,3 +168,33 @@ def client_headers(
             raise BadGateway(f"upstream sent an invalid {name} header")
         out.append((name, value))
     return out
+
+
+def upstream_headers_after_filters(view: Iterable[tuple[str, str]], host: str, rid: str,
+                                   content_length: int | None) -> dict[str, str]:
+    """What the host gets after the filters (docs/filters.md): the fields they left
+    (repeats joined), under the same rule as a client's fields, with the proxy's own
+    Host, framing and request id."""
+    fields: dict[str, str] = {"Host": host}
+    first_spelling: dict[str, str] = {}
+    for name, value in view:
+        lower = name.lower()
+        if lower in _NOT_FORWARDED:
+            continue
+        if lower in first_spelling:
+            fields[first_spelling[lower]] += ("; " if lower == "cookie" else ", ") + value
+        else:
+            first_spelling[lower] = name
+            fields[name] = value
+    if content_length is not None:
+        fields["Content-Length"] = str(content_length)
+    fields["X-Request-ID"] = rid
+    return fields
+
+
+def client_headers_after_filters(original: list[tuple[str, str]],
+                                 view: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A response's fields after the filters: theirs, with the body's framing as it was
+    (a filter sees the body's framing but cannot change it)."""
+    framing = [(n, v) for n, v in original if n.lower() in _HOP_BY_HOP_AND_LENGTH]
+    return [*((n, v) for n, v in view if n.lower() not in _HOP_BY_HOP_AND_LENGTH), *framing]

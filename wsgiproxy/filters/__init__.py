@@ -32,6 +32,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final, overload
 
+from ..http1 import FIELD_VALUE, TOKEN
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
 
@@ -41,8 +43,6 @@ __all__ = ["API_VERSION", "Answer", "Context", "Filter", "Headers", "InvalidConf
 #: The major version of this API. A filter that declares another one is refused at load.
 API_VERSION: Final = 1
 
-_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_FIELD_VALUE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 #: Statuses whose responses have no body.
 _BODYLESS: Final = frozenset({204, 304})
 #: A request target a filter may set: origin form, no whitespace or control characters.
@@ -140,9 +140,9 @@ class Headers:
 
 
 def _check(name: str, value: str) -> None:
-    if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+    if not isinstance(name, str) or not TOKEN.fullmatch(name):
         raise ValueError(f"not a header name: {name!r}")
-    if not isinstance(value, str) or not _FIELD_VALUE.fullmatch(value):
+    if not isinstance(value, str) or not FIELD_VALUE.fullmatch(value):
         raise ValueError(f"header {name}: value has a control character or line break")
 
 

@@ -36,7 +36,8 @@ import posixpath
 import re
 import threading
 import time
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import unquote
 
 import cachetools
@@ -48,7 +49,7 @@ from wsgiproxy.filters import Answer, Context, Filter, InvalidConfig, Request, R
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["GCRA", "MemoryCounts", "RateLimit", "RedisCounts"]
+__all__ = ["GCRA", "MemoryCounts", "RateLimit", "RedisCounts", "Verdict"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,17 +88,13 @@ return {1, '0', string.format('%d', new_tat - now)}
 """
 
 
-class Decision(Protocol):
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One request's count: let through or not, and when."""
+
     allowed: bool
     retry_after: float  # seconds until one more would be let through
     reset: float  # seconds until the bucket is full again
-
-
-class _Verdict:
-    __slots__ = ("allowed", "reset", "retry_after")
-
-    def __init__(self, allowed: bool, retry_after: float, reset: float) -> None:
-        self.allowed, self.retry_after, self.reset = allowed, retry_after, reset
 
 
 class GCRA:
@@ -112,13 +109,13 @@ class GCRA:
         self.interval = round(period / limit * 1_000_000)
         self.tolerance = self.interval * (burst - 1)
 
-    def decide(self, tat: int | None, now: int) -> tuple[_Verdict, int | None]:
+    def decide(self, tat: int | None, now: int) -> tuple[Verdict, int | None]:
         """The verdict, and the key's new TAT (None: unchanged)."""
         tat = now if tat is None or tat < now else tat
         if now < tat - self.tolerance:
-            return _Verdict(False, (tat - self.tolerance - now) / 1e6, (tat - now) / 1e6), None
+            return Verdict(False, (tat - self.tolerance - now) / 1e6, (tat - now) / 1e6), None
         new_tat = tat + self.interval
-        return _Verdict(True, 0.0, (new_tat - now) / 1e6), new_tat
+        return Verdict(True, 0.0, (new_tat - now) / 1e6), new_tat
 
     def remaining(self, reset: float) -> int:
         """Requests a key may still send at once, given its bucket's reset time."""
@@ -134,7 +131,7 @@ class MemoryCounts:
         self._tats: cachetools.LRUCache[str, int] = cachetools.LRUCache(MAX_MEMORY_KEYS)
         self._lock = threading.Lock()
 
-    def hit(self, key: str) -> _Verdict:
+    def hit(self, key: str) -> Verdict:
         now = time.monotonic_ns() // 1000
         with self._lock:
             verdict, new_tat = self._gcra.decide(self._tats.get(key), now)
@@ -157,10 +154,10 @@ class RedisCounts:
         self._client = redis.Redis(connection_pool=pool)
         self._script = self._client.register_script(_GCRA_SCRIPT)
 
-    def hit(self, key: str) -> _Verdict:
+    def hit(self, key: str) -> Verdict:
         allowed, retry_after, reset = self._script(
             keys=[key], args=[self._gcra.interval, self._gcra.tolerance])
-        return _Verdict(bool(int(allowed)), float(retry_after) / 1e6, float(reset) / 1e6)
+        return Verdict(bool(int(allowed)), float(retry_after) / 1e6, float(reset) / 1e6)
 
     def close(self) -> None:
         self._client.close()
@@ -297,14 +294,14 @@ class RateLimit(Filter):
             for name, value in self._fields(verdict):
                 response.headers.add(name, value)  # a second limit adds its own
 
-    def _fields(self, verdict: Decision) -> list[tuple[str, str]]:
+    def _fields(self, verdict: Verdict) -> list[tuple[str, str]]:
         # r: requests the key may send now; t: seconds until its whole burst is back.
         remaining = self.gcra.remaining(verdict.reset) if verdict.allowed else 0
         reset = math.ceil(verdict.reset)
         return [("RateLimit-Policy", self.policy),
                 ("RateLimit", f"{self._name};r={remaining};t={reset}")]
 
-    def _hit(self, key: str) -> _Verdict | None:
+    def _hit(self, key: str) -> Verdict | None:
         now = time.monotonic()
         if now < self._failed_until:
             ERRORS.inc()
