@@ -85,6 +85,65 @@ def test_every_file_the_image_copies_gets_past_dockerignore():
             source
 
 
+# -- the shipped commands run filters ------------------------------------------------------
+def shipped_command(which: str) -> tuple[list[str], bool]:
+    """The image's CMD (a JSON list in the Dockerfile) or the Procfile's line, exactly as
+    they are written; and whether it listens on $PORT (else where the routes file says)."""
+    if which == "image":
+        [cmd] = re.findall(r"^CMD (\[.*\])$", (REPO / "Dockerfile").read_text(), re.M)
+        return json.loads(cmd), False
+    [line] = (REPO / "Procfile").read_text().splitlines()
+    return ["sh", "-c", line.split(": ", 1)[1]], True
+
+
+@pytest.mark.parametrize("which", ["image", "procfile"])
+def test_the_shipped_commands_run_built_in_and_installed_filters(backend, tmp_path, which):
+    """The image's CMD and the Procfile line find a filter by its entry point (the example
+    distribution make install puts in the venv) and run the built-ins, with their counts
+    per process."""
+    from wsgiproxy_apikey import digest
+
+    b = backend(lambda seen: Reply(200, [("X-Client-Seen", seen.header("X-Api-Client") or "")],
+                                   b"ok"))
+    argv, on_port = shipped_command(which)
+    port = reserve_port()
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(routes_yaml(reserve_port() if on_port else port, {"filtered.test": {
+        "hosts": [b.port], "filters": [
+            {"use": "api_key", "config": {"keys": {"billing": digest("s3cret")}}},
+            {"use": "rate_limit", "config": {"limit": "2/minute",
+                                             "key": "header:X-Api-Client"}},
+            {"use": "headers", "config": {"response": {"set": {"X-Frame-Options": "DENY"}}}},
+        ]}}))
+    env = {"PATH": f"{REPO / '.venv' / 'bin'}:{os.path.dirname(sys.executable)}:/usr/bin:/bin",
+           "PORT": str(port), "CONFIGURATION_FILENAME": str(routes),
+           "METRICS_ADDR": f"127.0.0.1:{reserve_port()}", "WEB_CONCURRENCY": "1"}
+    log = tmp_path / "proxy.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/proxy/x"
+    try:
+        def up():  # a list: a 401 response is false
+            try:
+                return [requests.get(url, headers={"Host": "filtered.test"}, timeout=2)]
+            except requests.ConnectionError:
+                assert proc.poll() is None, log.read_text()
+                return None
+        [refused] = wait_until(up, 30, 0.05, f"the {which} command")
+        assert refused.status_code == 401
+        assert b.count == 0
+        keyed = [requests.get(url, headers={"Host": "filtered.test", "X-Api-Key": "s3cret"},
+                              timeout=5) for _ in range(3)]
+        assert [r.status_code for r in keyed] == [200, 200, 429]
+        assert keyed[0].headers["X-Client-Seen"] == "billing"
+        assert keyed[0].headers["X-Frame-Options"] == "DENY"
+        assert b.count == 2
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(20) == 0
+
+
 # -- PaaS ----------------------------------------------------------------------------------
 def test_procfile_command_serves_the_proxy(backend, tmp_path):
     b = backend(lambda seen: Reply(200, [("Cache-Control", "max-age=60")], b"via procfile"))

@@ -376,3 +376,23 @@ def test_a_reload_with_a_bad_filter_is_refused_and_an_unchanged_filter_keeps_its
             wait_until(lambda: "X-New" in get(proxy, host=OPEN).headers, 10, 0.05,
                        "the new routes")
             assert int(get(proxy, host=OPEN).headers["X-Seen"]) > 5
+
+
+def test_a_dual_stack_listener_still_believes_its_trusted_proxy_and_keys_on_ipv4(tmp_path):
+    """On a socket bound to ``::`` an IPv4 peer is ``::ffff:127.0.0.1``: it must still be
+    the trusted proxy 127.0.0.1, and a client without one is ``127.0.0.1``, not a second
+    spelling that ``access`` and rate limits would treat as another address."""
+    with HTTPBackend() as host:
+        services = {GUARDED: {"hosts": [host.port], "filters": [
+            {"use": "access", "config": {"allow": ["10.0.0.0/8"]}}]}}
+        proxy = ProxyProcess(tmp_path, services, env={"TRUSTED_PROXIES": "127.0.0.1"})
+        data = yaml.safe_load(proxy.routes.read_text())
+        data["proxy"]["listen"]["address"] = "::"
+        proxy.write_routes({}, text=yaml.safe_dump(data, sort_keys=False))
+        with proxy:
+            behind = get(proxy, host=GUARDED, headers={"X-Forwarded-For": "10.1.2.3",
+                                                       "X-Request-ID": "dual-1"})
+            direct = get(proxy, host=GUARDED, headers={"X-Request-ID": "dual-2"})
+            assert (behind.status_code, direct.status_code) == (200, 403)
+            assert proxy.access("dual-1")["client"] == "10.1.2.3"
+            assert proxy.access("dual-2")["client"] == "127.0.0.1"
