@@ -153,8 +153,10 @@ def test_concurrent_misses_reach_the_host_once(backend, start_proxy, server):
     assert host.count == 1
     results = [a.headers["X-Cache"] for a in answers]
     assert results.count("MISS") == 1
-    metrics = requests.get(p.metrics_url()).text
-    assert 'proxy_cache_requests_total{result="coalesced",service="stale-test"} 49.0' in metrics
+    # Counted when each response has ended, which may be just after the client read it.
+    line = 'proxy_cache_requests_total{result="coalesced",service="stale-test"} 49.0'
+    wait_until(lambda: line in requests.get(p.metrics_url(), timeout=5).text, 10, 0.05,
+               "all 49 coalesced answers to be counted")
 
 
 def test_a_waiter_goes_itself_when_the_response_cannot_be_stored(backend, start_proxy):
