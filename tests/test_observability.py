@@ -54,8 +54,11 @@ def test_metrics_count_known_traffic_exactly(backend, start_proxy, server):
     # The harness's readiness probe was one unrouted request; it is counted when its
     # response has closed, which can be just after the probe has read it.
     before = wait_until(lambda: (m := scrape(p)) and value(
-        m, "proxy_requests_total", service="unrouted", method="GET", code="404") == 1 and m,
-        10, message="the readiness probe to be counted")
+        m, "proxy_requests_total", service="unrouted", method="GET", code="404") == 1
+        # its duration too: a finished request is two writes, and a scrape can fall
+        # between them
+        and value(m, "proxy_request_duration_seconds_count", service="unrouted") == 1
+        and m, 10, message="the readiness probe to be counted")
     with session(DOMAIN) as s:
         assert s.get(p.url("/proxy/first")).status_code == 200  # dead refused, then b
         for _ in range(3):
