@@ -11,29 +11,14 @@ import time
 import psutil
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from support.backends import Reply
 from support.client import session
+from support.metrics import scrape, value
 from support.net import accepts, reserve_port, wait_until
 from support.proxy import SERVERS
 
 DOMAIN = "obs.test"
-
-
-def scrape(p) -> dict[tuple, float]:
-    """{(sample name, sorted labels...): value} from the proxy's /metrics."""
-    text = requests.get(p.metrics_url(), timeout=5).text
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, *sorted(sample.labels.items()))] = sample.value
-    return out
-
-
-def value(samples, name, **labels) -> float:
-    return samples.get((name, *sorted(labels.items())), 0.0)
-
 
 
 def by_path(seen):
