@@ -309,11 +309,12 @@ def test_killing_a_host_under_load_fails_no_request(tmp_path, start_proxy):
                                  "--port", str(port)], cwd=REPO, stdout=subprocess.DEVNULL)
 
     procs = [start_backend(port) for port in ports]
+    done = threading.Event()  # set on the way out too: a failure must not leave clients
     try:
         for port in ports:
             wait_until(lambda port=port: accepts(port), 10, message=f"backend {port}")
         p = start_proxy({DOMAIN: ports}, env={"HOST_EJECT_SECONDS": "1"})
-        failures, done = [], threading.Event()
+        failures: list = []
         served = itertools.count()  # next(served) - 1 requests answered so far
 
         def client():
@@ -334,7 +335,7 @@ def test_killing_a_host_under_load_fails_no_request(tmp_path, start_proxy):
             target = answered() + more
             wait_until(lambda: answered() >= target, 20, 0.01, message)
 
-        threads = [threading.Thread(target=client) for _ in range(8)]
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
         for t in threads:
             t.start()
         after(100, "load with all hosts up")
@@ -358,6 +359,7 @@ def test_killing_a_host_under_load_fails_no_request(tmp_path, start_proxy):
         hosts = Counter(e["upstream_host"] for e in p.access_log()[-200:])
         assert hosts[f"127.0.0.1:{ports[1]}"] > 0  # it is back in rotation
     finally:
+        done.set()
         for proc in procs:
             proc.kill()
             proc.wait()

@@ -3,6 +3,8 @@ where its adapters live, and the value it returns is all the handler needs."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from support.backends import Reply
@@ -104,3 +106,27 @@ def test_the_cache_key_includes_the_host_as_forwarded(backend, settings):
     assert get("svc.test") == (CacheResult.HIT, b"svc.test")
     assert b.count == 2
     client.close()
+
+
+def test_a_host_written_as_an_address_is_connected_without_a_name_lookup(backend,
+                                                                         monkeypatch):
+    """Under gevent every ``getaddrinfo`` waits for a thread of the hub's pool; a burst of
+    new connections queued there for seconds (docs/performance.md). A name is still
+    looked up, each time a connection is opened."""
+    from wsgiproxy.upstream.transport import UpstreamConnectionPool
+
+    looked_up = []
+    real = socket.getaddrinfo
+
+    def recording(host, *args, **kwargs):
+        looked_up.append(host)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", recording)
+    b = backend()
+    for host in ("127.0.0.1", "localhost"):
+        pool = UpstreamConnectionPool(host, b.port, maxsize=1)
+        response = pool.urlopen("GET", "/x", headers={"Host": "svc.test"})
+        assert response.status == 200
+        pool.close()
+    assert looked_up == ["localhost"]

@@ -10,6 +10,12 @@ Three things a proxy needs that urllib3's defaults do not do:
   (``%2f`` becomes ``%2F``). The caller hands ``urlopen`` the raw target as a keyword
   argument too (urllib3 passes extra keywords on to ``_make_request``, retries
   included), and :meth:`UpstreamConnectionPool._make_request` sends that one.
+* **No name lookup for an address.** urllib3 connects through ``getaddrinfo`` even for
+  a host written as an IP address, and under gevent that call runs in the hub's thread
+  pool of ten threads, each of which needs the interpreter lock back from a busy worker.
+  A burst of new connections (a cold pool, a worker just started) queued there for
+  seconds. :meth:`_ProxyConnection._new_conn` connects to an address directly; names
+  still go through urllib3 (docs/performance.md, "Tails").
 * **A record of attempts.** urllib3 retries inside ``urlopen``; the pool writes each
   attempt and how it ended into the :class:`AttemptLog` handed over the same way, for
   the access log and the metrics.
@@ -17,15 +23,19 @@ Three things a proxy needs that urllib3's defaults do not do:
 
 from __future__ import annotations
 
+import functools
 import http.client
 import logging
 import socket
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util import SKIP_HEADER
+from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
 from ..limits import MAX_RESPONSE_HEADERS, MAX_RESPONSE_LINE_BYTES
 from .failures import Outcome, classify
@@ -58,6 +68,20 @@ class AttemptLog(Protocol):
     def broke_off(self, outcome: str) -> None: ...
 
 
+
+
+@functools.lru_cache(maxsize=1024)
+def _address(host: str, port: int) -> tuple[int, tuple[Any, ...]] | None:
+    """(family, socket address) for a host written as an IPv4 or IPv6 address; None for
+    a name (or a scoped IPv6 address, which needs the system's lookup for its scope)."""
+    host = host.strip("[]")
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return family, (host, port) if family == socket.AF_INET else (host, port, 0, 0)
+    return None
 
 
 class _Fields(http.client.HTTPMessage):
@@ -160,6 +184,35 @@ class _ProxyConnection(_ConnectionBase):
     write validated header lines once, note when a request has been sent."""
 
     response_class = FinalResponse
+
+    def _new_conn(self) -> socket.socket:
+        """urllib3's connect, without ``getaddrinfo`` when the host is an address: the
+        same socket options, timeout, source address and errors (see the module's
+        docstring for why)."""
+        address = _address(self._dns_host, self.port)  # type: ignore[attr-defined]
+        if address is None:
+            return super()._new_conn()  # type: ignore[misc]
+        family, sockaddr = address
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            for option in self.socket_options or ():
+                sock.setsockopt(*option)
+            if self.timeout is not _DEFAULT_TIMEOUT:
+                sock.settimeout(self.timeout)
+            if self.source_address:
+                sock.bind(self.source_address)
+            sock.connect(sockaddr)
+        except TimeoutError as error:
+            sock.close()
+            raise ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out. "
+                      f"(connect timeout={self.timeout})") from error
+        except OSError as error:
+            sock.close()
+            raise NewConnectionError(
+                self, f"Failed to establish a new connection: {error}") from error
+        sys.audit("http.client.connect", self, self.host, self.port)
+        return sock
 
     def putheader(self, header: str | bytes, *values: Any) -> None:
         """Write one header line. The proxy validated every name and value when the
