@@ -27,6 +27,9 @@ def respond(seen: Seen) -> Reply:
     if path == "/cookies":
         return Reply(200, [("Set-Cookie", "a=1; Path=/"), ("Set-Cookie", "b=2; Path=/"),
                            ("X-Multi", "one"), ("X-Multi", "two")], b"ok")
+    if path == "/interleaved":
+        return Reply(200, [("Set-Cookie", "a=1"), ("X-Multi", "one"), ("Set-Cookie", "b=2"),
+                           ("X-Multi", "two")], b"ok")
     if path == "/hop":
         return Reply(200, [("Connection", "X-Hop, keep-alive"), ("X-Hop", "1"),
                            ("Keep-Alive", "timeout=5"), ("Proxy-Authenticate", "Basic"),
@@ -251,6 +254,15 @@ def test_repeated_response_headers_stay_separate(shared_proxy):
     assert [v for k, v in headers if k == "Set-Cookie"] == ["a=1; Path=/", "b=2; Path=/"]
     assert [v for k, v in headers if k == "X-Multi"] == ["one", "two"]
     conn.close()
+
+
+def test_response_headers_keep_the_hosts_order(shared_proxy):
+    """Repeats of a name that the host interleaved with another name reach the client
+    in the host's order, not grouped by name."""
+    [resp] = raw_exchange(shared_proxy.port, (
+        f"GET /proxy/interleaved HTTP/1.1\r\nHost: {DOMAIN}\r\n\r\n").encode())
+    assert [(k, v) for k, v in resp.headers if k in ("Set-Cookie", "X-Multi")] == [
+        ("Set-Cookie", "a=1"), ("X-Multi", "one"), ("Set-Cookie", "b=2"), ("X-Multi", "two")]
 
 
 def test_hop_by_hop_response_headers_are_dropped(shared_proxy, client):

@@ -38,7 +38,7 @@ from .failures import (
     translate,
 )
 from .messages import HostResponse
-from .transport import UpstreamConnectionPool, UpstreamHTTPSConnectionPool
+from .transport import FinalResponse, UpstreamConnectionPool, UpstreamHTTPSConnectionPool
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -225,5 +225,16 @@ class ServiceAdapter(HTTPAdapter):
                              "unasked")
         ended = method == "HEAD" or raw.status == 101
         first = b"" if ended else raw.read1(IO_CHUNK_BYTES, decode_content=False)
-        return HostResponse(raw.status, raw.reason or "", list(raw.headers.items()),
+        return HostResponse(raw.status, raw.reason or "", _fields(raw),
                             ResponseBody(raw, first, ended=ended), chunked=bool(raw.chunked))
+
+
+def _fields(raw: BaseHTTPResponse) -> list[tuple[str, str]]:
+    """The response's header fields in the order the host sent them, and without a walk
+    over urllib3's ``HTTPHeaderDict``, which regroups repeated names (``_original_response``
+    is the ``http.client`` response beneath, which requests reads for cookies too)."""
+    original = getattr(raw, "_original_response", None)
+    if isinstance(original, FinalResponse):
+        return list(original.fields)
+    return list(raw.headers.items())
+

@@ -113,6 +113,10 @@ class FinalResponse(http.client.HTTPResponse):
     ``HTTPMessage`` urllib3 reads, are the same.
     """
 
+    #: The header fields as the host sent them, in its order (urllib3's
+    #: ``HTTPHeaderDict`` groups repeats of a name together).
+    fields: list[tuple[str, str]]
+
     def begin(self) -> None:
         if self.headers is not None:
             return
@@ -133,7 +137,7 @@ class FinalResponse(http.client.HTTPResponse):
         else:
             raise http.client.UnknownProtocol(version)
         message = _Fields()
-        message._headers = self._read_fields()
+        message._headers = self.fields = self._read_fields()
         self.headers = self.msg = message
         coding = message.get("transfer-encoding")
         self.chunked = bool(coding) and coding.lower() == "chunked"
