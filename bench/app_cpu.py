@@ -26,41 +26,28 @@ every call: shares mean more than the sum). The access log goes to stdout, as in
 worker: send it to /dev/null (``> /dev/null``); the figures are printed on stderr.
 """
 
+# ruff: noqa: E402
 from gevent import monkey
 
 monkey.patch_all()
 
-import argparse  # noqa: E402
-import collections  # noqa: E402
-import cProfile  # noqa: E402
-import io  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
+import io
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
-from common import Processes, nginx_config, require, reserve_port  # noqa: E402
-from layers import layer_of  # noqa: E402
-from prometheus_client import CollectorRegistry  # noqa: E402
+from common import Processes
+from inprocess import HOST, arguments, cpu_per_call, self_time, start_host
+from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from wsgiproxy.exchange import Exchange  # noqa: E402
-from wsgiproxy.handler import create_app  # noqa: E402
-from wsgiproxy.policy import resolve_policy  # noqa: E402
-from wsgiproxy.routes_file import parse_routes  # noqa: E402
-from wsgiproxy.settings import load_settings  # noqa: E402
-from wsgiproxy.upstream import UpstreamRequest  # noqa: E402
-
-HOST = "bench.test"
-HTTP = """\
-  keepalive_timeout 75s;
-  server {{
-    listen 127.0.0.1:{port};
-    location = /small  {{ add_header Cache-Control no-store; return 200 "{small}"; }}
-    location = /cached {{ add_header Cache-Control "public, max-age=60"; return 200 "{kb}"; }}
-  }}
-"""
+from wsgiproxy.exchange import Exchange
+from wsgiproxy.handler import create_app
+from wsgiproxy.policy import resolve_policy
+from wsgiproxy.routes_file import parse_routes
+from wsgiproxy.settings import load_settings
+from wsgiproxy.upstream import UpstreamRequest
 
 
 def environ(path: str) -> dict:
@@ -123,24 +110,8 @@ def layers(app, routes, settings) -> dict[str, Callable[[], bytes]]:
     return {"  pool": via_pool, "  adapter": via_adapter, "  upstream client": via_client}
 
 
-def measure(request: Callable[[], bytes], count: int) -> float:
-    cpu = time.process_time()
-    for _ in range(count):
-        request()
-    return (time.process_time() - cpu) / count * 1e6
-
-
 def profile(name: str, request: Callable[[], bytes], count: int) -> str:
-    profiler = cProfile.Profile(time.process_time)
-    profiler.runcall(lambda: [request() for _ in range(count)])
-    profiler.create_stats()
-    layers: collections.Counter[str] = collections.Counter()
-    functions: collections.Counter[str] = collections.Counter()
-    for (filename, line, fn), (_cc, _nc, tottime, _ct, _callers) in \
-            profiler.stats.items():  # type: ignore[attr-defined]
-        layers[layer_of(filename) if filename != "~" else "C functions"] += tottime
-        functions[f"{Path(filename).name}:{line} {fn}"] += tottime
-    total = sum(layers.values())
+    layers, functions, total = self_time(request, count)
     out = [f"\n{name} under cProfile, {total / count * 1e6:.0f} µs per request profiled; "
            "self time by layer:\n"]
     out += [f"  {layer:46} {100 * s / total:5.1f}%\n" for layer, s in layers.most_common()]
@@ -150,19 +121,9 @@ def profile(name: str, request: Callable[[], bytes], count: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=10000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--profile", action="store_true")
-    args = parser.parse_args()
-    nginx = require("nginx", "nginx")
+    args = arguments(__doc__, 10000)
     with Processes() as procs:
-        port = reserve_port()
-        (procs.workdir / "tmp").mkdir()
-        conf = procs.workdir / "host.conf"
-        conf.write_text(nginx_config(procs.workdir, "host", HTTP.format(
-            port=port, small="s" * 100, kb="k" * 1024)))
-        procs.start("host", [nginx, "-c", str(conf), "-p", str(procs.workdir)], port=port)
+        port = start_host(procs)
         routes = parse_routes({"proxy": {
             "listen": {"address": "127.0.0.1", "port": 8080},
             "services": [{"name": "bench", "domain": HOST,
@@ -175,11 +136,11 @@ def main() -> None:
                  "  whole app": caller(app, "/proxy/small")}
         for name, request in paths.items():
             assert request(), name
-            measure(request, 500)
+            cpu_per_call(request, 500)
         results: dict[str, list[float]] = {name: [] for name in paths}
         for _ in range(args.rounds):
             for name, request in paths.items():
-                results[name].append(measure(request, args.count))
+                results[name].append(cpu_per_call(request, args.count))
         profiled = "".join(profile(name, paths[name], args.count)
                            for name in ("hit (/cached)", "miss (/small)")) if args.profile else ""
     out = sys.stderr

@@ -22,39 +22,29 @@ exchange. What a proxy's miss spends talking to its host, without the proxy arou
 as bench/layers.py groups py-spy's samples. Stops nginx by PID on exit.
 """
 
+# ruff: noqa: E402
 from gevent import monkey
 
 monkey.patch_all()
 
 # The imports below must see the patched socket module, as a gunicorn worker's do.
-import argparse  # noqa: E402
-import collections  # noqa: E402
-import cProfile  # noqa: E402
-import http.client  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
+import http.client
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
-import httptools  # noqa: E402
-from common import Processes, nginx_config, require, reserve_port  # noqa: E402
-from layers import layer_of  # noqa: E402
-from urllib3 import HTTPConnectionPool  # noqa: E402
-from urllib3.util import Retry  # noqa: E402
+import httptools
+from common import Processes
+from inprocess import HOST, arguments, self_time, start_host
+from urllib3 import HTTPConnectionPool
+from urllib3.util import Retry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from wsgiproxy.upstream.transport import UpstreamConnectionPool  # noqa: E402
+from wsgiproxy.upstream.transport import UpstreamConnectionPool
 
-HOST = "bench.test"
-HTTP = """\
-  keepalive_timeout 75s;
-  server {{
-    listen 127.0.0.1:{port};
-    location = /small {{ add_header Cache-Control no-store; return 200 "{body}"; }}
-  }}
-"""
 URLOPEN = {"redirect": False, "assert_same_host": False, "preload_content": False,
            "decode_content": False, "release_conn": False}
 
@@ -157,17 +147,8 @@ def measure(exchange: Callable[[], bytes], count: int) -> tuple[float, float]:
 
 
 def profile(exchange: Callable[[], bytes], count: int) -> str:
-    """Self CPU time per exchange by layer, under cProfile (which adds its own cost to
-    every call: the shares mean more than the sum)."""
-    profiler = cProfile.Profile(time.process_time)
-    profiler.runcall(lambda: [exchange() for _ in range(count)])
-    profiler.create_stats()
-    layers: collections.Counter[str] = collections.Counter()
-    for (filename, _line, _name), (_cc, _nc, tottime, _ct, _callers) in \
-            profiler.stats.items():  # type: ignore[attr-defined]
-        layers[layer_of(filename) if filename != "~" else
-               "C functions (builtins, methods, socket calls)"] += tottime
-    total = sum(layers.values())
+    """Self CPU time per exchange by layer, under cProfile."""
+    layers, _functions, total = self_time(exchange, count)
     return "".join([f"\nwsgiproxy pool under cProfile (CPU clock), self time by layer, "
                     f"{total / count * 1e6:.0f} µs per exchange profiled:\n",
                     *(f"  {name:46} {100 * seconds / total:5.1f}%\n"
@@ -175,19 +156,9 @@ def profile(exchange: Callable[[], bytes], count: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=20000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--profile", action="store_true")
-    args = parser.parse_args()
-    nginx = require("nginx", "nginx")
+    args = arguments(__doc__, 20000)
     with Processes() as procs:
-        port = reserve_port()
-        (procs.workdir / "tmp").mkdir()
-        conf = procs.workdir / "host.conf"
-        conf.write_text(nginx_config(procs.workdir, "host",
-                                     HTTP.format(port=port, body="s" * 100)))
-        procs.start("host", [nginx, "-c", str(conf), "-p", str(procs.workdir)], port=port)
+        port = start_host(procs)
         clients = {name: make(port) for name, make in CLIENTS.items()}
         for name, exchange in clients.items():  # warm up, and check what comes back
             body = exchange()
