@@ -193,16 +193,17 @@ class _ProxyConnection(_ConnectionBase):
         """urllib3's connect, without ``getaddrinfo`` when the host is an address: the
         same socket options, timeout, source address and errors (see the module's
         docstring for why)."""
-        address = _address(self._dns_host, self.port)  # type: ignore[attr-defined]
+        address = _address(self._dns_host, self.port)
         if address is None:
-            return super()._new_conn()  # type: ignore[misc]
+            return super()._new_conn()
         family, sockaddr = address
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             for option in self.socket_options or ():
                 sock.setsockopt(*option)
-            if self.timeout is not _DEFAULT_TIMEOUT:
-                sock.settimeout(self.timeout)
+            timeout: Any = self.timeout  # urllib3 may leave its "default" sentinel
+            if timeout is not _DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
             if self.source_address:
                 sock.bind(self.source_address)
             sock.connect(sockaddr)
