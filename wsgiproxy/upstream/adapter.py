@@ -237,4 +237,3 @@ def _fields(raw: BaseHTTPResponse) -> list[tuple[str, str]]:
     if isinstance(original, FinalResponse):
         return list(original.fields)
     return list(raw.headers.items())
-

@@ -1,6 +1,6 @@
 """The urllib3 connection pool and connection the proxy uses to talk to hosts.
 
-Three things a proxy needs that urllib3's defaults do not do:
+What a proxy needs that urllib3's defaults do not do:
 
 * **Interim responses.** ``http.client`` skips ``100 Continue`` but takes any other 1xx
   (``103 Early Hints``) as the final response; the real response then stays unread in a
@@ -15,7 +15,7 @@ Three things a proxy needs that urllib3's defaults do not do:
   pool of ten threads, each of which needs the interpreter lock back from a busy worker.
   A burst of new connections (a cold pool, a worker just started) queued there for
   seconds. :meth:`_ProxyConnection._new_conn` connects to an address directly; names
-  still go through urllib3 (docs/performance.md, "Tails").
+  still go through urllib3 (docs/performance.md, "Tails at 500 connections").
 * **A record of attempts.** urllib3 retries inside ``urlopen``; the pool writes each
   attempt and how it ended into the :class:`AttemptLog` handed over the same way, for
   the access log and the metrics.
