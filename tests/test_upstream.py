@@ -3,7 +3,10 @@ where its adapters live, and the value it returns is all the handler needs."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import socket
+import threading
+import time
 
 import pytest
 
@@ -130,3 +133,60 @@ def test_a_host_written_as_an_address_is_connected_without_a_name_lookup(backend
         assert response.status == 200
         pool.close()
     assert looked_up == ["localhost"]
+
+
+def test_connections_opened_at_once_to_a_name_share_one_lookup(backend, monkeypatch):
+    """Ten connections opening together to ``localhost`` ask the resolver once; the
+    answer is used until it expires, then asked for again."""
+    from wsgiproxy.upstream.transport import UpstreamConnectionPool
+
+    looked_up = []
+    real = socket.getaddrinfo
+
+    def slow(host, *args, **kwargs):
+        looked_up.append(host)
+        time.sleep(0.2)  # a slow resolver: every connection opening now has to wait
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    b = backend()
+    pool = UpstreamConnectionPool("localhost", b.port, maxsize=10, block=False)
+    barrier = threading.Barrier(10)
+
+    def one(_):
+        barrier.wait()
+        response = pool.urlopen("GET", "/x", headers={"Host": "svc.test"},
+                                preload_content=False, release_conn=False)
+        response.read()
+        return response  # released only once all ten are open: ten connections
+
+    with concurrent.futures.ThreadPoolExecutor(10) as workers:
+        responses = list(workers.map(one, range(10)))
+    assert [r.status for r in responses] == [200] * 10
+    assert pool.num_connections == 10
+    assert looked_up == ["localhost"]
+    for r in responses:
+        r.release_conn()
+    pool.addresses._expires = 0.0  # the answer has expired: the next connection asks again
+    for conn in list(pool.pool.queue):  # and every idle connection has been closed
+        if conn is not None:
+            conn.close()
+    assert pool.urlopen("GET", "/x", headers={"Host": "svc.test"}).status == 200
+    assert looked_up == ["localhost", "localhost"]
+
+
+def test_a_name_that_cannot_be_looked_up_is_a_connection_failure(monkeypatch):
+    from urllib3.exceptions import MaxRetryError, NameResolutionError
+
+    from wsgiproxy.upstream.failures import Outcome, classify
+    from wsgiproxy.upstream.transport import UpstreamConnectionPool
+
+    def failing(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", failing)
+    pool = UpstreamConnectionPool("backend.invalid", 80)
+    with pytest.raises(MaxRetryError) as caught:
+        pool.urlopen("GET", "/x", retries=0)
+    assert isinstance(caught.value.reason, NameResolutionError)
+    assert classify(caught.value) == Outcome.REFUSED  # not sent: the next host may take it

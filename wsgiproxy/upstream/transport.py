@@ -10,12 +10,10 @@ What a proxy needs that urllib3's defaults do not do:
   (``%2f`` becomes ``%2F``). The caller hands ``urlopen`` the raw target as a keyword
   argument too (urllib3 passes extra keywords on to ``_make_request``, retries
   included), and :meth:`UpstreamConnectionPool._make_request` sends that one.
-* **No name lookup for an address.** urllib3 connects through ``getaddrinfo`` even for
-  a host written as an IP address, and under gevent that call runs in the hub's thread
-  pool of ten threads, each of which needs the interpreter lock back from a busy worker.
-  A burst of new connections (a cold pool, a worker just started) queued there for
-  seconds. :meth:`_ProxyConnection._new_conn` connects to an address directly; names
-  still go through urllib3 (docs/performance.md, "Tails at 500 connections").
+* **One name lookup for many connections.** urllib3 looks the host up for every new
+  connection, which under gevent queued a burst of them for seconds; the pool's
+  :class:`~wsgiproxy.upstream.addresses.HostAddresses` says where its connections go,
+  and :meth:`_ProxyConnection._new_conn` connects there.
 * **A record of attempts.** urllib3 retries inside ``urlopen``; the pool writes each
   attempt and how it ended into the :class:`AttemptLog` handed over the same way, for
   the access log and the metrics.
@@ -23,7 +21,6 @@ What a proxy needs that urllib3's defaults do not do:
 
 from __future__ import annotations
 
-import functools
 import http.client
 import logging
 import socket
@@ -33,11 +30,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util import SKIP_HEADER
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
 from ..limits import MAX_RESPONSE_HEADERS, MAX_RESPONSE_LINE_BYTES
+from .addresses import HostAddresses
 from .failures import Outcome, classify
 from .retry import RETRYABLE_STATUSES
 
@@ -68,20 +66,6 @@ class AttemptLog(Protocol):
     def broke_off(self, outcome: str) -> None: ...
 
 
-
-
-@functools.lru_cache(maxsize=1024)
-def _address(host: str, port: int) -> tuple[int, tuple[Any, ...]] | None:
-    """(family, socket address) for a host written as an IPv4 or IPv6 address; None for
-    a name (or a scoped IPv6 address, which needs the system's lookup for its scope)."""
-    host = host.strip("[]")
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-        except OSError:
-            continue
-        return family, (host, port) if family == socket.AF_INET else (host, port, 0, 0)
-    return None
 
 
 class _Fields(http.client.HTTPMessage):
@@ -189,35 +173,44 @@ class _ProxyConnection(_ConnectionBase):
 
     response_class = FinalResponse
 
+    #: Where this connection goes, handed over by its pool; without it (a connection
+    #: made elsewhere), urllib3 connects as it does.
+    addresses: HostAddresses | None = None
+
     def _new_conn(self) -> socket.socket:
-        """urllib3's connect, without ``getaddrinfo`` when the host is an address: the
-        same socket options, timeout, source address and errors (see the module's
-        docstring for why)."""
-        address = _address(self._dns_host, self.port)
-        if address is None:
+        """urllib3's connect to the pool's :class:`HostAddresses` instead of a lookup of
+        its own: the same socket options, timeout, source address and errors, each
+        address tried in turn."""
+        if self.addresses is None:
             return super()._new_conn()
-        family, sockaddr = address
-        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            for option in self.socket_options or ():
-                sock.setsockopt(*option)
-            timeout: Any = self.timeout  # urllib3 may leave its "default" sentinel
-            if timeout is not _DEFAULT_TIMEOUT:
-                sock.settimeout(timeout)
-            if self.source_address:
-                sock.bind(self.source_address)
-            sock.connect(sockaddr)
-        except TimeoutError as error:
-            sock.close()
+            addresses = self.addresses.resolve()
+        except socket.gaierror as error:
+            raise NameResolutionError(self.host, self, error) from error
+        failure: OSError = OSError("no address")
+        for family, sockaddr in addresses:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                for option in self.socket_options or ():
+                    sock.setsockopt(*option)
+                timeout: Any = self.timeout  # urllib3 may leave its "default" sentinel
+                if timeout is not _DEFAULT_TIMEOUT:
+                    sock.settimeout(timeout)
+                if self.source_address:
+                    sock.bind(self.source_address)
+                sock.connect(sockaddr)
+            except OSError as error:
+                sock.close()
+                failure = error
+                continue
+            sys.audit("http.client.connect", self, self.host, self.port)
+            return sock
+        if isinstance(failure, TimeoutError):
             raise ConnectTimeoutError(
                 self, f"Connection to {self.host} timed out. "
-                      f"(connect timeout={self.timeout})") from error
-        except OSError as error:
-            sock.close()
-            raise NewConnectionError(
-                self, f"Failed to establish a new connection: {error}") from error
-        sys.audit("http.client.connect", self, self.host, self.port)
-        return sock
+                      f"(connect timeout={self.timeout})") from failure
+        raise NewConnectionError(
+            self, f"Failed to establish a new connection: {failure}") from failure
 
     def putheader(self, header: str | bytes, *values: Any) -> None:
         """Write one header line. The proxy validated every name and value when the
@@ -291,6 +284,14 @@ class _AttemptLogging(_PoolBase):
         #: The host as the routes file and the logs write it.
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.label = f"{host}:{self.port}"
+        #: Where its connections go (one lookup of a name for all of them).
+        self.addresses = HostAddresses(
+            self.host, self.port or (443 if self.scheme == "https" else 80))
+
+    def _new_conn(self) -> Any:
+        conn: Any = super()._new_conn()
+        conn.addresses = self.addresses
+        return conn
 
     def _make_request(  # type: ignore[override]
         self, conn: Any, method: str, url: str, *, target: str | None = None,
