@@ -56,10 +56,6 @@ class HostAddresses:
         self._lookup: threading.Event | None = None  # set when the lookup under way ends
         self._lock = threading.Lock()  # gevent's, once the worker is patched
 
-    @property
-    def is_literal(self) -> bool:
-        return self._fixed is not None
-
     def resolve(self) -> list[Address]:
         """The addresses to try, in order. Raises ``socket.gaierror`` if the name's
         lookup fails."""
