@@ -109,7 +109,7 @@ def test_the_shipped_commands_run_built_in_and_installed_filters(backend, tmp_pa
     port = reserve_port()
     routes = tmp_path / "routes.yaml"
     routes.write_text(routes_yaml(reserve_port() if on_port else port, {"filtered.test": {
-        "hosts": [b.port], "filters": [
+        "hosts": [("localhost", b.port)], "filters": [  # a name: looked up by the workers
             {"use": "api_key", "config": {"keys": {"billing": digest("s3cret")}}},
             {"use": "rate_limit", "config": {"limit": "2/minute",
                                              "key": "header:X-Api-Client"}},

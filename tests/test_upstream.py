@@ -11,6 +11,8 @@ import time
 import pytest
 
 from support.backends import Reply
+from support.client import get
+from support.proxy import SERVERS
 from wsgiproxy.exchange import CacheResult, Exchange
 from wsgiproxy.policy import resolve_policy
 from wsgiproxy.routes_file import Backend, Service
@@ -115,7 +117,7 @@ def test_a_host_written_as_an_address_is_connected_without_a_name_lookup(backend
                                                                          monkeypatch):
     """Under gevent every ``getaddrinfo`` waits for a thread of the hub's pool; a burst of
     new connections queued there for seconds (docs/performance.md). A name is still
-    looked up, each time a connection is opened."""
+    looked up (once for the connections opening together, below)."""
     from wsgiproxy.upstream.transport import UpstreamConnectionPool
 
     looked_up = []
@@ -190,3 +192,15 @@ def test_a_name_that_cannot_be_looked_up_is_a_connection_failure(monkeypatch):
         pool.urlopen("GET", "/x", retries=0)
     assert isinstance(caught.value.reason, NameResolutionError)
     assert classify(caught.value) == Outcome.REFUSED  # not sent: the next host may take it
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_host_written_as_a_name_is_reached_under_both_servers(backend, start_proxy, server):
+    """``localhost`` may resolve to ``::1`` first, where nothing listens: the next address
+    of the answer is tried within the same attempt, so the client sees one clean 200."""
+    b = backend()
+    p = start_proxy({"named.test": [("localhost", b.port)]}, server=server)
+    r = get(p, host="named.test", headers={"X-Request-ID": f"named-{server}"})
+    assert (r.status_code, b.count) == (200, 1)
+    assert p.access(f"named-{server}")["upstream_attempts"] == [
+        f"localhost:{b.port} response 200"]
